@@ -28,7 +28,8 @@ def packb(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def unpackb_untrusted(data: bytes, *, max_size: int = MAX_ENVELOPE) -> Any:
+def unpackb_untrusted(data: bytes, *, max_size: int = MAX_ENVELOPE,
+                      max_items: int = 4096) -> Any:
     """Decode msgpack from a peer, a file or the DHT, or raise BadMessage."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BadMessage(f"expected bytes, got {type(data).__name__}")
@@ -41,8 +42,8 @@ def unpackb_untrusted(data: bytes, *, max_size: int = MAX_ENVELOPE) -> Any:
             strict_map_key=True,
             max_str_len=max_size,
             max_bin_len=max_size,
-            max_array_len=4096,
-            max_map_len=1024,
+            max_array_len=max_items,
+            max_map_len=max_items,
         )
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError, RecursionError) as exc:

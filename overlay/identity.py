@@ -62,12 +62,19 @@ def read_key(path: Path) -> KeyPair:
         st = path.stat()
     except FileNotFoundError:
         raise IdentityError(f"key file {path} is missing; run 'gridnode init' first") from None
+    except OSError as exc:
+        raise IdentityError(f"key file {path} cannot be read ({exc.strerror}); "
+                            f"check the path and its permissions") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise IdentityError(
             f"key file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
             f"run 'chmod 600 {path}' and check whether the key leaked"
         )
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IdentityError(f"key file {path} cannot be read ({exc.strerror}); "
+                            f"check the path and its permissions") from None
     if not data.startswith(KEY_HEADER):
         raise IdentityError(f"key file {path} is corrupt (bad header); restore it from backup")
     try:

@@ -1,0 +1,1 @@
+"""The daemon: config, data dir, state, lifecycle, admin interface, CLI."""

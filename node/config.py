@@ -1,0 +1,194 @@
+"""The node's configuration: one frozen object, loaded from TOML.
+
+After Hypercorn's ``Config``: defaults here, the data dir's ``config.toml``
+over them, then only the command-line flags that were actually typed.
+Unknown keys are refused by name, so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from overlay import ROLES
+
+from .errors import UserError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_PORT = 7400
+
+
+class ConfigError(UserError):
+    pass
+
+
+def parse_hostport(text: str, what: str, *, default_port: int | None = None) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (IPv4 address, or ``[v6]:port``) or raise ConfigError."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{what} must be a string HOST:PORT, got {text!r}")
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        if default_port is None:
+            raise ConfigError(f"{what} {text!r} is not HOST:PORT (example: 192.0.2.10:7400)")
+        host, port_text = text, str(default_port)
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(
+            f"{what} {text!r}: {host!r} is not an IP address (example: 192.0.2.10:7400)"
+        ) from None
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{what} {text!r}: port must be a number from 0 to 65535")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    memory_mb: int = 1024
+    disk_gb: int = 10
+
+
+@dataclass(frozen=True)
+class DhtConfig:
+    ksize: int = 20
+    alpha: int = 3
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    bootstrap: tuple[str, ...] = ()
+    # Addresses other nodes should use; empty means the bound listen address
+    # (unless that is 0.0.0.0 or ::, in which case peers use what they see).
+    advertise: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ROLES
+    log_level: str = "info"
+    # Seconds between maintenance rounds: bucket refresh, peer discovery.
+    refresh_interval: float = 10.0
+    # Seconds between republications of this node's record, and its lifetime.
+    record_refresh: float = 60.0
+    record_ttl: int = 600
+    capacity: Capacity = field(default_factory=Capacity)
+    dht: DhtConfig = field(default_factory=DhtConfig)
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_hostport(self.listen, "listen")
+
+    @property
+    def bootstrap_addresses(self) -> list[tuple[str, int]]:
+        return [parse_hostport(b, "bootstrap", default_port=DEFAULT_PORT)
+                for b in self.bootstrap]
+
+
+_SECTIONS = {"capacity": Capacity, "dht": DhtConfig}
+
+
+def _check_type(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = type(value) is type(default)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        kind = "a list of strings" if isinstance(default, tuple) else type(default).__name__
+        raise ConfigError(f"config key {key!r} must be {kind}, got {value!r}")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"config key {key!r} must not be negative, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            known = ", ".join(sorted(prefix + k for k in fields))
+            raise ConfigError(f"unknown config key {name!r} (known keys: {known})")
+        if key in _SECTIONS and cls is Config:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {name!r} must be a table")
+            values[key] = _build(_SECTIONS[key], value, f"{name}.")
+            continue
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        values[key] = _check_type(name, value, default)
+    return cls(**values)
+
+
+def validate(cfg: Config) -> Config:
+    cfg.listen_address  # noqa: B018 - raises ConfigError when malformed
+    cfg.bootstrap_addresses  # noqa: B018
+    for a in cfg.advertise:
+        parse_hostport(a, "advertise")
+    if cfg.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, "
+                          f"got {cfg.log_level!r}")
+    unknown = [r for r in cfg.roles if r not in ROLES]
+    if unknown:
+        raise ConfigError(f"unknown role {unknown[0]!r} (known roles: {', '.join(ROLES)})")
+    if cfg.refresh_interval <= 0 or cfg.record_refresh <= 0:
+        raise ConfigError("refresh_interval and record_refresh must be positive")
+    if cfg.record_ttl <= cfg.record_refresh:
+        raise ConfigError("record_ttl must be longer than record_refresh")
+    if not 1 <= cfg.dht.ksize <= 64 or not 1 <= cfg.dht.alpha <= cfg.dht.ksize:
+        raise ConfigError("dht.ksize must be 1-64 and dht.alpha 1-ksize")
+    return cfg
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file (if it exists), then typed flags."""
+    data: dict[str, Any] = {}
+    if path is not None and path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    where = f" in {path}" if path is not None else ""
+    try:
+        return validate(_build(Config, data, ""))
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}{where}") from None
+
+
+def render_config(cfg: Config) -> str:
+    """The TOML that ``gridnode init`` writes (every key, with its value)."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, tuple):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return repr(v)
+
+    lines = ["# gridnode node configuration; unknown keys are refused.", ""]
+    sections = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            sections.append((f.name, value))
+        else:
+            lines.append(f"{f.name} = {fmt(value)}")
+    for name, section in sections:
+        lines += ["", f"[{name}]"]
+        lines += [f"{g.name} = {fmt(getattr(section, g.name))}"
+                  for g in dataclasses.fields(section)]
+    return "\n".join(lines) + "\n"

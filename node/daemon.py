@@ -1,0 +1,356 @@
+"""The daemon: one trio root nursery holding every background loop.
+
+``run_node`` loads identity and state, binds the DHT socket and the admin
+socket, then keeps the node in the grid with one maintenance loop:
+
+1. bootstrap from ``--bootstrap``, the config, grid.info hints and the peers
+   stored in the state file (so a restarted node needs no ``--bootstrap``);
+2. each round: refresh the routing table, republish this node's signed
+   record when due, adopt a newer revocation list, and fetch and check the
+   records of contacts it does not know yet; new and changed peers are
+   written to the state file in one transaction.
+
+Rounds start 1 s apart and back off to ``refresh_interval``, so a fresh
+grid converges in seconds and a settled one costs little.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import replace
+from typing import Any
+
+import trio
+import trio_asyncio
+
+from overlay import (
+    BadMessage,
+    Certificate,
+    GridInfo,
+    KeyPair,
+    NodeRecord,
+    RevocationList,
+    node_record_key,
+)
+from overlay.dht import GridDht
+
+from .admin import AdminError, serve_admin
+from .config import Config, parse_hostport
+from .datadir import DataDir
+from .errors import UserError
+from .logs import log
+from .state import PeerRow, State, StateError, open_state
+
+logger = logging.getLogger("gridnode.daemon")
+
+REVOCATIONS_KEY = b"gridnode/revocations"
+REVOCATIONS_META = "revocations"
+MAX_BOOTSTRAP_FROM_STATE = 32
+FETCH_CONCURRENCY = 8
+VERSION = "0.1.0"
+
+
+class NodeRevoked(UserError):
+    exit_code = 3
+
+
+class Node:
+    """A running grid node: identity, DHT membership, known peers."""
+
+    def __init__(self, cfg: Config, datadir: DataDir, key: KeyPair, grid: GridInfo,
+                 cert: Certificate, state: State, revocations: RevocationList) -> None:
+        self.cfg = cfg
+        self.datadir = datadir
+        self.key = key
+        self.grid = grid
+        self.cert = cert
+        self.state = state
+        self.revocations = revocations
+        self.roles = tuple(r for r in cfg.roles if r in cert.roles)
+        self.dht = GridDht(key.id, ksize=cfg.dht.ksize, alpha=cfg.dht.alpha)
+        self.peers: dict[bytes, PeerRow] = {}
+        self.addresses: tuple[str, ...] = ()
+        self.started = time.monotonic()
+        self.record_seq = 0
+        self.counters: dict[str, int] = {
+            "admin_refused": 0,
+            "records_refused": 0,
+            "revocations_refused": 0,
+            "maintenance_errors": 0,
+        }
+        self.rounds = 0
+        self.admin_ops = {"status": self._op_status, "peers": self._op_peers}
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        host, port = self.cfg.listen_address
+        try:
+            bound = await self.dht.listen(host, port)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise UserError(f"cannot listen on {self.cfg.listen}: {reason}; "
+                            f"pick another address or port with --listen") from None
+        self.addresses = self.cfg.advertise or (
+            (f"{bound[0]}:{bound[1]}",) if bound[0] not in ("0.0.0.0", "::") else ())
+        dropped = sorted(set(self.cfg.roles) - set(self.roles))
+        if dropped:
+            log(logger, "roles.dropped", logging.WARNING, roles=",".join(dropped),
+                reason="the certificate does not grant them")
+        self.peers = {p.node_id: p for p in await self.state.peers()}
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve_admin, self.datadir.admin_socket, self.handle_admin,
+                                    self.counters)
+                log(logger, "node.started", id=self.key.id, grid=self.grid.grid_id,
+                    site=self.cert.name, listen=f"{bound[0]}:{bound[1]}",
+                    roles=",".join(self.roles), peers_stored=len(self.peers))
+                nursery.start_soon(self._maintain)
+                task_status.started(self)
+        finally:
+            self.dht.close()
+            with trio.CancelScope(shield=True):
+                await self.state.upsert_peers(self.peers.values())
+            log(logger, "node.stopped", id=self.key.id, peers_stored=len(self.peers),
+                reason="shutdown")
+
+    async def _maintain(self) -> None:
+        await self._bootstrap()
+        delay = 1.0
+        next_publish = 0.0
+        while True:
+            self.rounds += 1
+            if not self.dht.contacts():
+                await self._bootstrap()
+            for step in (self.dht.refresh, self._sync_revocations, self._discover):
+                await self._guarded(step)
+            # A record no peer took (we were alone) is retried next round.
+            if time.monotonic() >= next_publish and await self._guarded(self._publish):
+                next_publish = time.monotonic() + self.cfg.record_refresh
+            await trio.sleep(delay)
+            delay = min(delay * 2, self.cfg.refresh_interval)
+
+    async def _guarded(self, step: Any) -> bool:
+        """Run one maintenance step; a failure is logged and counted, not fatal."""
+        try:
+            return await step() is not False
+        except NodeRevoked:
+            raise
+        except Exception as exc:
+            self.counters["maintenance_errors"] += 1
+            logger.error("maintenance step %s failed: %r", step.__name__, exc, exc_info=True)
+            return False
+
+    # -- bootstrap, publish, discover --------------------------------------
+
+    def _bootstrap_candidates(self) -> list[tuple[str, int]]:
+        seen: list[tuple[str, int]] = []
+        texts = list(self.cfg.bootstrap) + list(self.grid.bootstrap)
+        stored = sorted(self.peers.values(), key=lambda p: -p.last_seen)
+        for p in stored[:MAX_BOOTSTRAP_FROM_STATE]:
+            texts += p.addresses
+        for text in texts:
+            try:
+                addr = parse_hostport(text, "bootstrap")
+            except UserError:
+                continue
+            if addr not in seen and addr != self.dht.address:
+                seen.append(addr)
+        return seen
+
+    async def _bootstrap(self) -> None:
+        candidates = self._bootstrap_candidates()
+        if not candidates:
+            log(logger, "bootstrap.skipped", logging.INFO if self.rounds <= 1 else logging.DEBUG,
+                reason="no bootstrap address and no stored peers")
+            return
+        found = await self.dht.bootstrap(candidates)
+        level = logging.INFO if found else logging.WARNING
+        log(logger, "bootstrap.done", level, tried=len(candidates), answered=found,
+            reason="joining the grid" if found else "no bootstrap node answered; will retry")
+
+    async def _publish(self) -> bool:
+        now = time.time()
+        self.record_seq = max(self.record_seq + 1, int(now * 1000))
+        record = NodeRecord.create(
+            self.key, self.cert, addresses=self.addresses, roles=self.roles,
+            capacity={"cores": self.cfg.capacity.cores, "memory_mb": self.cfg.capacity.memory_mb,
+                      "disk_gb": self.cfg.capacity.disk_gb},
+            seq=self.record_seq, expires=int(now) + self.cfg.record_ttl)
+        stored = await self.dht.set(node_record_key(self.key.id), record.raw)
+        log(logger, "record.published", logging.DEBUG if stored else logging.INFO,
+            seq=record.seq, stored=stored,
+            reason="periodic refresh" if stored else "no peer took the record yet")
+        return stored
+
+    def _needs_record(self, node_id: bytes, now: float) -> bool:
+        peer = self.peers.get(node_id)
+        if peer is None or peer.record is None:
+            return True
+        try:
+            rec = NodeRecord.from_bytes_untrusted(peer.record, self.grid, now,
+                                                  revoked=self.revocations.revoked)
+        except BadMessage:
+            return True
+        return rec.expires - now < self.cfg.record_ttl - self.cfg.record_refresh
+
+    async def _discover(self) -> None:
+        now = time.time()
+        contacts = self.dht.contacts()
+        changed: dict[bytes, PeerRow] = {}
+        for c in contacts:
+            peer = self.peers.get(c.node_id)
+            if peer is not None and c.last_seen > peer.last_seen:
+                changed[c.node_id] = replace(peer, last_seen=c.last_seen)
+                self.peers[c.node_id] = changed[c.node_id]
+        wanted = [c for c in contacts if c.node_id not in self.revocations.revoked
+                  and self._needs_record(c.node_id, now)]
+        limiter = trio.CapacityLimiter(FETCH_CONCURRENCY)
+
+        async def fetch(contact: Any) -> None:
+            async with limiter:
+                raw = await self.dht.get(node_record_key(contact.node_id))
+            if raw is None:
+                return
+            rec = self._check_record(raw, contact.node_id, now)
+            if rec is None:
+                return
+            old = self.peers.get(rec.node_id)
+            last_seen = max(contact.last_seen, old.last_seen if old else 0.0)
+            row = PeerRow(rec.node_id, rec.site, rec.addresses or (f"{contact.host}:"
+                          f"{contact.port}",), rec.roles, last_seen, rec.raw)
+            if old is None:
+                log(logger, "peer.added", id=rec.node_id, site=rec.site,
+                    addresses=",".join(row.addresses), reason="found in the DHT")
+            self.peers[rec.node_id] = changed[rec.node_id] = row
+
+        async with trio.open_nursery() as nursery:
+            for c in wanted:
+                nursery.start_soon(fetch, c)
+        await self.state.upsert_peers(changed.values())
+
+    def _check_record(self, raw: Any, node_id: bytes, now: float) -> NodeRecord | None:
+        try:
+            if not isinstance(raw, bytes):
+                raise BadMessage(f"record is a {type(raw).__name__}, not bytes")
+            rec = NodeRecord.from_bytes_untrusted(raw, self.grid, now,
+                                                  revoked=self.revocations.revoked)
+            if rec.node_id != node_id:
+                raise BadMessage("record is stored under another node's key")
+        except BadMessage as exc:
+            self.counters["records_refused"] += 1
+            log(logger, "record.refused", logging.WARNING, id=node_id, reason=str(exc))
+            return None
+        return rec
+
+    # -- revocations -------------------------------------------------------
+
+    async def _sync_revocations(self) -> None:
+        candidates: list[tuple[str, RevocationList]] = []
+        if self.datadir.revocations.exists():
+            try:
+                candidates.append(("authority file",
+                                   self.datadir.load_authority_revocations(self.grid)))
+            except UserError as exc:
+                log(logger, "revocations.refused", logging.WARNING, reason=str(exc))
+        raw = await self.dht.get(REVOCATIONS_KEY)
+        in_dht = 0
+        if raw is not None:
+            try:
+                if not isinstance(raw, bytes):
+                    raise BadMessage("revocation list is not bytes")
+                dht_list = RevocationList.from_bytes_untrusted(raw, self.grid)
+                in_dht = dht_list.serial
+                candidates.append(("DHT", dht_list))
+            except BadMessage as exc:
+                self.counters["revocations_refused"] += 1
+                log(logger, "revocations.refused", logging.WARNING, reason=str(exc))
+        for source, rl in candidates:
+            if rl.serial > self.revocations.serial:
+                await self.adopt_revocations(rl, source)
+        if self.revocations.serial > in_dht:
+            await self.dht.set(REVOCATIONS_KEY, self.revocations.raw)
+
+    async def adopt_revocations(self, rl: RevocationList, source: str) -> None:
+        self.revocations = rl
+        await self.state.set_meta(REVOCATIONS_META, rl.raw)
+        gone = [i for i in self.peers if i in rl.revoked]
+        for i in gone:
+            del self.peers[i]
+            log(logger, "peer.removed", id=i, reason="revoked by the grid authority")
+        await self.state.remove_peers(gone)
+        log(logger, "revocations.adopted", serial=rl.serial, revoked=len(rl.revoked),
+            reason=f"newer list from the {source}")
+        if self.key.id in rl.revoked:
+            log(logger, "node.revoked", logging.ERROR, id=self.key.id,
+                reason="this node's certificate was revoked; stopping")
+            raise NodeRevoked(f"this node's certificate was revoked by the grid authority "
+                              f"(revocation list {rl.serial}); ask the grid admin")
+
+    # -- admin -------------------------------------------------------------
+
+    async def handle_admin(self, op: str, args: dict[str, Any]) -> Any:
+        handler = self.admin_ops.get(op)
+        if handler is None:
+            self.counters["admin_refused"] += 1
+            raise AdminError(f"unknown operation {op!r} (known: {', '.join(self.admin_ops)})")
+        return await handler(**args) if args else await handler()
+
+    async def _op_status(self) -> dict[str, Any]:
+        return {
+            "id": self.key.id.hex(),
+            "grid": self.grid.grid_id.hex(),
+            "grid_name": self.grid.name,
+            "site": self.cert.name,
+            "roles": list(self.roles),
+            "addresses": list(self.addresses),
+            "uptime": round(time.monotonic() - self.started, 3),
+            "peers_known": len(self.peers),
+            "dht": self.dht.statistics(),
+            "refused": dict(self.counters),
+            "cert_expires": self.cert.not_after,
+            "revocation_serial": self.revocations.serial,
+            "rounds": self.rounds,
+            "version": VERSION,
+            "pid": os.getpid(),
+        }
+
+    async def _op_peers(self) -> list[dict[str, Any]]:
+        in_table = {c.node_id for c in self.dht.contacts()}
+        return [{"id": p.node_id.hex(), "site": p.site, "addresses": list(p.addresses),
+                 "roles": list(p.roles), "last_seen": p.last_seen,
+                 "in_routing_table": p.node_id in in_table}
+                for p in sorted(self.peers.values(), key=lambda p: p.site)]
+
+
+async def _stored_revocations(state: State, datadir: DataDir, grid: GridInfo) -> RevocationList:
+    best = datadir.load_authority_revocations(grid)
+    raw = await state.get_meta(REVOCATIONS_META)
+    if raw is not None:
+        try:
+            stored = RevocationList.from_bytes_untrusted(raw, grid)
+        except BadMessage:
+            log(logger, "revocations.refused", logging.WARNING,
+                reason="stored revocation list does not verify; ignoring it")
+        else:
+            if stored.serial > best.serial:
+                best = stored
+    return best
+
+
+async def run_node(cfg: Config, datadir: DataDir, *,
+                   task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run one node until cancelled. Raises UserError for anything the admin must fix."""
+    key = datadir.load_key()
+    grid = datadir.load_grid()
+    async with trio_asyncio.open_loop():
+        try:
+            async with open_state(datadir.state) as state:
+                revocations = await _stored_revocations(state, datadir, grid)
+                cert = datadir.load_cert(key, grid, revocations.revoked)
+                node = Node(cfg, datadir, key, grid, cert, state, revocations)
+                await node.run(task_status=task_status)
+        except StateError as exc:
+            raise UserError(str(exc)) from None

@@ -1,0 +1,187 @@
+"""The node's local state: one SQLite file (WAL), reached through aiosqlite.
+
+All access goes through :class:`State`, so transactions and batching live in
+one place.  aiosqlite is asyncio; like the DHT adapter, this module must be
+used inside ``trio_asyncio.open_loop()`` and offers plain trio awaits.
+
+Schema versions are ``PRAGMA user_version``; :data:`MIGRATIONS` is applied
+in order, each in its own transaction, so a crash mid-migration leaves the
+previous version intact.  Writes use ``synchronous=FULL``: what the node
+acknowledges has reached the disk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgpack
+import trio
+import trio_asyncio
+
+MIGRATIONS: list[str] = [
+    # 1: peers and a small key-value table for node-wide facts.
+    """
+    CREATE TABLE peers (
+        node_id   BLOB PRIMARY KEY,
+        site      TEXT NOT NULL,
+        addresses BLOB NOT NULL,   -- msgpack list of "host:port"
+        roles     BLOB NOT NULL,   -- msgpack list of role names
+        last_seen REAL NOT NULL,   -- wall-clock seconds
+        record    BLOB             -- the signed node record, as received
+    );
+    CREATE INDEX peers_last_seen ON peers (last_seen);
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    """,
+]
+
+
+class StateError(Exception):
+    """The state file cannot be opened or is not ours."""
+
+
+@dataclass(frozen=True)
+class PeerRow:
+    node_id: bytes
+    site: str
+    addresses: tuple[str, ...]
+    roles: tuple[str, ...]
+    last_seen: float
+    record: bytes | None = None
+
+
+def _pack(x: Any) -> bytes:
+    return msgpack.packb(x, use_bin_type=True)
+
+
+def _peer_from_row(row: sqlite3.Row) -> PeerRow:
+    return PeerRow(row[0], row[1], tuple(msgpack.unpackb(row[2])),
+                   tuple(msgpack.unpackb(row[3])), row[4], row[5])
+
+
+class State:
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio_asyncio.aio_as_trio(fn)(*args)
+
+    async def _write(self, statements: list[tuple[str, Iterable[Any]]]) -> None:
+        """Run write statements in one transaction."""
+
+        async def go() -> None:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                for sql, params in statements:
+                    if isinstance(params, list) and params and isinstance(params[0], tuple):
+                        await self._db.executemany(sql, params)
+                    else:
+                        await self._db.execute(sql, tuple(params))
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+
+        await self._run(go)
+
+    async def _fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        async def go() -> list[Any]:
+            async with self._db.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+
+        return await self._run(go)
+
+    # -- schema ------------------------------------------------------------
+
+    async def schema_version(self) -> int:
+        return (await self._fetchall("PRAGMA user_version"))[0][0]
+
+    async def _migrate(self) -> None:
+        version = await self.schema_version()
+        if version > len(MIGRATIONS):
+            raise StateError(
+                f"{self.path} has schema version {version}, newer than this gridnode "
+                f"({len(MIGRATIONS)}); upgrade gridnode")
+        for number in range(version + 1, len(MIGRATIONS) + 1):
+            statements = [s.strip() for s in MIGRATIONS[number - 1].split(";") if s.strip()]
+            await self._write([(s, ()) for s in statements]
+                              + [(f"PRAGMA user_version = {number}", ())])
+
+    # -- peers -------------------------------------------------------------
+
+    async def upsert_peers(self, peers: Iterable[PeerRow]) -> None:
+        rows = [(p.node_id, p.site, _pack(list(p.addresses)), _pack(list(p.roles)),
+                 p.last_seen, p.record) for p in peers]
+        if not rows:
+            return
+        await self._write([(
+            "INSERT INTO peers (node_id, site, addresses, roles, last_seen, record) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
+            "site = excluded.site, addresses = excluded.addresses, roles = excluded.roles, "
+            "last_seen = max(last_seen, excluded.last_seen), "
+            "record = coalesce(excluded.record, record)",
+            rows)])
+
+    async def remove_peers(self, node_ids: Iterable[bytes]) -> None:
+        ids = [(i,) for i in node_ids]
+        if ids:
+            await self._write([("DELETE FROM peers WHERE node_id = ?", ids)])
+
+    async def peers(self) -> list[PeerRow]:
+        rows = await self._fetchall(
+            "SELECT node_id, site, addresses, roles, last_seen, record FROM peers "
+            "ORDER BY last_seen DESC")
+        return [_peer_from_row(r) for r in rows]
+
+    # -- meta --------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> bytes | None:
+        rows = await self._fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    async def set_meta(self, key: str, value: bytes) -> None:
+        await self._write([(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))])
+
+
+@asynccontextmanager
+async def open_state(path: Path) -> AsyncIterator[State]:
+    """Open (creating and migrating as needed) the state file at ``path``."""
+
+    async def connect() -> aiosqlite.Connection:
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = FULL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await db.execute("PRAGMA busy_timeout = 5000")
+        except BaseException:
+            await db.close()
+            raise
+        return db
+
+    try:
+        db = await trio_asyncio.aio_as_trio(connect)()
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"cannot open state file {path}: {exc}") from None
+    state = State(db, path)
+    try:
+        try:
+            await state._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"state file {path} is not a gridnode database: {exc}") from None
+        yield state
+    finally:
+        # Close even when shutting down on a signal: the last commit must land.
+        with trio.CancelScope(shield=True):
+            await trio_asyncio.aio_as_trio(db.close)()

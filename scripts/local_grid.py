@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Start a local grid: N gridnode processes of one grid on loopback.
+
+    python scripts/local_grid.py --nodes 5            # run until Ctrl-C
+    python scripts/local_grid.py --nodes 5 --detach   # leave it running
+    python scripts/local_grid.py --stop               # stop a detached grid
+
+Node 0 holds the grid authority; every other node is initialised with the
+grid's info, admitted by node 0's authority and bootstrapped from node 0.
+Each node has its own data dir (DIR/node-NN) and port (BASE_PORT + N).
+A data dir that exists is reused, so a second start rejoins the same grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from node.admin import admin_call
+from node.cli import main as gridnode
+from node.errors import UserError
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def node_dir(root: Path, i: int) -> Path:
+    return root / f"node-{i:02d}"
+
+
+def prepare(root: Path, n: int, base_port: int) -> None:
+    """Initialise and admit every node that does not exist yet."""
+    authority = node_dir(root, 0)
+    for i in range(n):
+        d = node_dir(root, i)
+        if (d / "node.cert").exists():
+            continue
+        listen = f"127.0.0.1:{base_port + i}"
+        site = f"site-{i:02d}"
+        if i == 0:
+            steps = [["init", "--data-dir", str(d), "--name", "local-grid", "--site", site,
+                      "--listen", listen]]
+        else:
+            steps = [
+                ["init", "--data-dir", str(d), "--grid", str(authority / "grid.info"),
+                 "--site", site, "--listen", listen],
+                ["grid", "admit", "--data-dir", str(authority), str(d / "join-request"),
+                 "--out", str(d / "node.cert")],
+                ["cert", "install", "--data-dir", str(d), str(d / "node.cert")],
+            ]
+        for argv in steps:
+            with contextlib.redirect_stdout(io.StringIO()):
+                code = gridnode(argv)
+            if code != 0:
+                raise SystemExit(f"local_grid: 'gridnode {' '.join(argv)}' failed")
+        log(f"  {d.name}: {site}, listening on {listen}"
+            + (" (grid authority)" if i == 0 else ", admitted by node-00"))
+
+
+def start(root: Path, n: int, base_port: int, detach: bool) -> dict[int, subprocess.Popen]:
+    procs = {}
+    for i in range(n):
+        d = node_dir(root, i)
+        argv = [sys.executable, "-m", "node", "run", "--data-dir", str(d),
+                "--listen", f"127.0.0.1:{base_port + i}"]
+        if i:
+            argv += ["--bootstrap", f"127.0.0.1:{base_port}"]
+        logfile = open(d / "node.log", "ab")  # noqa: SIM115 - handed to the child
+        procs[i] = subprocess.Popen(argv, stdout=logfile, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=detach)
+        logfile.close()
+    return procs
+
+
+def snapshot(root: Path, n: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        d = node_dir(root, i)
+        try:
+            status = admin_call(d / "admin.sock", "status", timeout=5)
+            peers = admin_call(d / "admin.sock", "peers", timeout=5)
+        except UserError as exc:
+            rows.append({"node": i, "up": False, "error": str(exc)})
+            continue
+        rows.append({"node": i, "up": True, "id": status["id"], "site": status["site"],
+                     "addresses": status["addresses"], "peers": len(peers),
+                     "peer_ids": sorted(p["id"] for p in peers),
+                     "records_held": status["dht"]["records_held"],
+                     "uptime": status["uptime"]})
+    return rows
+
+
+def converged(rows: list[dict], n: int) -> bool:
+    ids = {r["id"] for r in rows if r["up"]}
+    return len(ids) == n and all(ids - {r["id"]} <= set(r["peer_ids"]) for r in rows)
+
+
+def print_table(rows: list[dict]) -> None:
+    log(f"{'NODE':<5} {'ID':<16} {'SITE':<9} {'ADDRESS':<16} {'PEERS':>5} {'RECORDS':>7}")
+    for r in rows:
+        if not r["up"]:
+            log(f"{r['node']:<5} down: {r['error']}")
+            continue
+        log(f"{r['node']:<5} {r['id'][:16]:<16} {r['site']:<9} {','.join(r['addresses']):<16} "
+            f"{r['peers']:>5} {r['records_held']:>7}")
+
+
+def wait_converged(root: Path, n: int, procs: dict[int, subprocess.Popen],
+                   timeout: float) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        dead = {i: p.returncode for i, p in procs.items() if p.poll() is not None}
+        if dead:
+            for i in dead:
+                tail = (node_dir(root, i) / "node.log").read_text().strip().splitlines()[-3:]
+                log(f"node {i} exited with code {dead[i]}:\n  " + "\n  ".join(tail))
+            raise SystemExit(1)
+        rows = snapshot(root, n)
+        seen = sum(1 for r in rows if r["up"] and r["peers"] >= n - 1)
+        if seen != last:
+            log(f"... {seen}/{n} nodes see all {n - 1} others")
+            last = seen
+        if converged(rows, n):
+            return rows
+        if time.monotonic() > deadline:
+            print_table(rows)
+            raise SystemExit(f"local_grid: nodes did not all see each other in {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def stop(root: Path) -> int:
+    pidfile = root / "pids.json"
+    if not pidfile.exists():
+        print(f"local_grid: no detached grid in {root} ({pidfile} missing)", file=sys.stderr)
+        return 1
+    pids = json.loads(pidfile.read_text())
+    for pid in pids.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    alive = set(pids.values())
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                alive.discard(pid)
+        time.sleep(0.1)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    pidfile.unlink()
+    log(f"stopped {len(pids)} nodes" + (f" ({len(alive)} had to be killed)" if alive else ""))
+    return 0
+
+
+def terminate(procs: dict[int, subprocess.Popen]) -> list[int]:
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    codes = []
+    for p in procs.values():
+        try:
+            codes.append(p.wait(timeout=15))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append(p.wait())
+    return codes
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", type=Path, default=Path("grid"), help="where the data dirs live")
+    ap.add_argument("--nodes", type=int, default=5, help="how many nodes (default 5)")
+    ap.add_argument("--base-port", type=int, default=7400, help="port of node 0 (default 7400)")
+    ap.add_argument("--timeout", type=float, default=90, help="seconds to wait for convergence")
+    ap.add_argument("--detach", action="store_true", help="leave the grid running and exit")
+    ap.add_argument("--stop", action="store_true", help="stop a detached grid in --dir")
+    ap.add_argument("--json", action="store_true", help="print the final table as JSON")
+    args = ap.parse_args()
+    root = args.dir.resolve()
+    if args.stop:
+        return stop(root)
+    if not 1 <= args.nodes <= 200:
+        ap.error("--nodes must be 1-200")
+    if (root / "pids.json").exists():
+        ap.error(f"a detached grid is running in {root}; stop it with --stop first")
+    root.mkdir(parents=True, exist_ok=True)
+    log(f"preparing {args.nodes} nodes in {root}")
+    prepare(root, args.nodes, args.base_port)
+    procs = start(root, args.nodes, args.base_port, args.detach)
+    log(f"started {args.nodes} nodes on 127.0.0.1:{args.base_port}-{args.base_port + args.nodes - 1}")
+    try:
+        rows = wait_converged(root, args.nodes, procs, args.timeout)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            log(f"all {args.nodes} nodes see each other:")
+            print_table(rows)
+        if args.detach:
+            (root / "pids.json").write_text(json.dumps({str(i): p.pid for i, p in procs.items()}))
+            log(f"detached; stop with: python scripts/local_grid.py --dir {args.dir} --stop")
+            return 0
+        log("grid running; Ctrl-C stops it")
+        while all(p.poll() is None for p in procs.values()):
+            time.sleep(0.5)
+        log("a node exited; stopping the others")
+        return 1
+    except KeyboardInterrupt:
+        log("stopping")
+        return 0
+    finally:
+        if not (args.detach and (root / "pids.json").exists()):
+            codes = terminate(procs)
+            log(f"stopped {len(codes)} nodes (exit codes {sorted(set(codes))})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
