@@ -30,10 +30,11 @@ from overlay import (
 from .admin import admin_call
 from .config import Config, load_config, render_config
 from .datadir import DataDir, default_data_dir, read_grid_info, read_node_cert, write_atomic
-from .errors import UsageError, UserError
+from .errors import UsageError, UserError, first_user_error
 from .logs import setup_logging
 
 DAY = 86400
+MAX_DAYS = 100 * 366
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +47,16 @@ def _roles(text: str) -> tuple[str, ...]:
     for r in roles:
         if r not in ROLES:
             raise argparse.ArgumentTypeError(f"unknown role {r!r} (known: {','.join(ROLES)})")
+    if len(set(roles)) != len(roles):
+        raise argparse.ArgumentTypeError(f"roles {text!r} repeat a role")
     return roles
+
+
+def _check_name(name: str, what: str) -> str:
+    """Certificates carry 1-128 printable characters; refuse others before any write."""
+    if not (0 < len(name) <= 128 and name.isprintable()):
+        raise UsageError(f"{what} {name!r} must be 1-128 printable characters")
+    return name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,11 +125,15 @@ def cmd_init(args: argparse.Namespace) -> int:
                         f"use another --data-dir")
     overrides = {"listen": args.listen, "bootstrap": args.bootstrap, "roles": args.roles}
     cfg = load_config(None, overrides)  # validate flags before touching the disk
+    if args.name and args.grid:
+        raise UsageError("--name names a new grid; it cannot be used with --grid")
+    site = _check_name(args.site or socket.gethostname() or "site", "site")
+    if args.name:
+        _check_name(args.name, "grid name")
     grid = read_grid_info(args.grid) if args.grid else None
     dd.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(dd.root, 0o700)
     now = int(time.time())
-    site = args.site or socket.gethostname() or "site"
     roles = args.roles or ROLES
     key = KeyPair.generate()
     try:
@@ -145,8 +159,6 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"new grid {grid.name} ({grid.grid_id.hex()}) with node {key.id.hex()} "
               f"in {dd.root}; start it with: gridnode run --data-dir {dd.root}")
         return 0
-    if args.name:
-        raise UsageError("--name names a new grid; it cannot be used with --grid")
     write_atomic(dd.grid_info, grid.raw)
     request = JoinRequest.create(key, grid, site, roles, now)
     write_atomic(dd.join_request, request.raw)
@@ -164,6 +176,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     dd = _datadir(args)
     dd.require_initialised()
+    if args.config is not None and not args.config.exists():
+        raise UserError(f"config file {args.config} does not exist")
     cfg = load_config(args.config or dd.config, {
         "listen": args.listen, "bootstrap": args.bootstrap, "log_level": args.log_level})
     setup_logging(cfg.log_level)
@@ -233,8 +247,8 @@ def cmd_grid_admit(args: argparse.Namespace) -> int:
     dd = _datadir(args)
     authority = dd.load_authority()
     grid = dd.load_grid()
-    if args.days <= 0:
-        raise UsageError("--days must be positive")
+    if not 0 < args.days <= MAX_DAYS:
+        raise UsageError(f"--days must be from 1 to {MAX_DAYS}")
     try:
         request = JoinRequest.from_bytes_untrusted(args.request.read_bytes())
     except FileNotFoundError:
@@ -325,18 +339,6 @@ COMMANDS = {
 }
 
 
-def _user_error(exc: BaseException) -> UserError | None:
-    """The UserError inside ``exc`` (which may be a trio exception group), if any."""
-    if isinstance(exc, UserError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _user_error(inner)
-            if found is not None:
-                return found
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
@@ -345,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             if x)
         return COMMANDS[key](args)
     except (UserError, BaseExceptionGroup) as exc:
-        err = _user_error(exc)
+        err = first_user_error(exc)
         if err is None:
             raise
         print(f"gridnode: error: {err}", file=sys.stderr)
@@ -353,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        return 1
+    except OSError as exc:  # a path that is a directory, a missing parent dir, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"gridnode: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -31,19 +32,27 @@ def parse_hostport(text: str, what: str, *, default_port: int | None = None) -> 
     """Parse ``HOST:PORT`` (IPv4 address, or ``[v6]:port``) or raise ConfigError."""
     if not isinstance(text, str):
         raise ConfigError(f"{what} must be a string HOST:PORT, got {text!r}")
-    host, sep, port_text = text.rpartition(":")
+    if text.startswith("["):  # [v6]:port
+        host, bracket, rest = text[1:].partition("]")
+        sep, port_text = rest[:1], rest[1:]
+        if not bracket or (rest and sep != ":"):
+            raise ConfigError(f"{what} {text!r} is not [IPv6]:PORT (example: [2001:db8::1]:7400)")
+    else:
+        host, sep, port_text = text.rpartition(":")
     if not sep:
         if default_port is None:
             raise ConfigError(f"{what} {text!r} is not HOST:PORT (example: 192.0.2.10:7400)")
-        host, port_text = text, str(default_port)
-    host = host.strip("[]")
+        host, port_text = (host if text.startswith("[") else text), str(default_port)
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
         raise ConfigError(
             f"{what} {text!r}: {host!r} is not an IP address (example: 192.0.2.10:7400)"
         ) from None
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if (address.version == 6) != text.startswith("["):
+        raise ConfigError(f"{what} {text!r}: write an IPv6 address in brackets and an IPv4 "
+                          f"address without (examples: [2001:db8::1]:7400, 192.0.2.10:7400)")
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"{what} {text!r}: port must be a number from 0 to 65535")
     return host, int(port_text)
 
@@ -95,7 +104,7 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
     if isinstance(default, bool) or isinstance(value, bool):
         ok = type(value) is type(default)
     elif isinstance(default, float):
-        ok = isinstance(value, int | float)
+        ok = isinstance(value, int | float) and math.isfinite(value)
         value = float(value) if ok else value
     elif isinstance(default, int):
         ok = isinstance(value, int)
@@ -105,7 +114,8 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        kind = "a list of strings" if isinstance(default, tuple) else type(default).__name__
+        kind = ("a list of strings" if isinstance(default, tuple)
+                else "a finite number" if isinstance(default, float) else type(default).__name__)
         raise ConfigError(f"config key {key!r} must be {kind}, got {value!r}")
     if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
         raise ConfigError(f"config key {key!r} must not be negative, got {value!r}")
@@ -142,6 +152,8 @@ def validate(cfg: Config) -> Config:
     unknown = [r for r in cfg.roles if r not in ROLES]
     if unknown:
         raise ConfigError(f"unknown role {unknown[0]!r} (known roles: {', '.join(ROLES)})")
+    if len(set(cfg.roles)) != len(cfg.roles):
+        raise ConfigError(f"roles repeat a role: {list(cfg.roles)!r}")
     if cfg.refresh_interval <= 0 or cfg.record_refresh <= 0:
         raise ConfigError("refresh_interval and record_refresh must be positive")
     if cfg.record_ttl <= cfg.record_refresh:
@@ -156,17 +168,22 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
     data: dict[str, Any] = {}
     if path is not None and path.exists():
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            data[key] = value
-    where = f" in {path}" if path is not None else ""
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    typed = {k: v for k, v in (overrides or {}).items() if v is not None}
     try:
-        return validate(_build(Config, data, ""))
+        return validate(_build(Config, {**data, **typed}, ""))
     except ConfigError as exc:
-        raise ConfigError(f"{exc}{where}") from None
+        error = exc
+    # Say where the bad value is: in the file, or else in the typed flags.
+    try:
+        validate(_build(Config, data, ""))
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} in {path}" if path is not None else str(exc)) from None
+    raise ConfigError(f"{error} (from the command line)" if typed else str(error)) from None
 
 
 def render_config(cfg: Config) -> str:

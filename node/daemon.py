@@ -34,12 +34,12 @@ from overlay import (
     RevocationList,
     node_record_key,
 )
-from overlay.dht import GridDht
+from overlay.dht import Contact, GridDht
 
 from .admin import AdminError, serve_admin
 from .config import Config, parse_hostport
 from .datadir import DataDir
-from .errors import UserError
+from .errors import UserError, first_user_error
 from .logs import log
 from .state import PeerRow, State, StateError, open_state
 
@@ -81,6 +81,8 @@ class Node:
             "maintenance_errors": 0,
         }
         self.rounds = 0
+        self._peers_changed = trio.Event()
+        self._round_done = trio.Event()
         self.admin_ops = {"status": self._op_status, "peers": self._op_peers}
 
     # -- lifecycle ---------------------------------------------------------
@@ -129,6 +131,8 @@ class Node:
             # A record no peer took (we were alone) is retried next round.
             if time.monotonic() >= next_publish and await self._guarded(self._publish):
                 next_publish = time.monotonic() + self.cfg.record_refresh
+            self._round_done.set()
+            self._round_done = trio.Event()
             await trio.sleep(delay)
             delay = min(delay * 2, self.cfg.refresh_interval)
 
@@ -185,10 +189,25 @@ class Node:
             reason="periodic refresh" if stored else "no peer took the record yet")
         return stored
 
-    def _needs_record(self, node_id: bytes, now: float) -> bool:
-        peer = self.peers.get(node_id)
+    async def wait_peers(self, count: int) -> None:
+        """Wait until this node knows at least ``count`` peers."""
+        while len(self.peers) < count:
+            await self._peers_changed.wait()
+
+    async def wait_round(self) -> None:
+        """Wait until the next maintenance round has finished."""
+        await self._round_done.wait()
+
+    def _note_peers_changed(self) -> None:
+        self._peers_changed.set()
+        self._peers_changed = trio.Event()
+
+    def _needs_record(self, contact: Contact, now: float) -> bool:
+        peer = self.peers.get(contact.node_id)
         if peer is None or peer.record is None:
             return True
+        if peer.addresses and f"{contact.host}:{contact.port}" not in peer.addresses:
+            return True  # it moved (restarted elsewhere?): its new record says where
         try:
             rec = NodeRecord.from_bytes_untrusted(peer.record, self.grid, now,
                                                   revoked=self.revocations.revoked)
@@ -206,7 +225,7 @@ class Node:
                 changed[c.node_id] = replace(peer, last_seen=c.last_seen)
                 self.peers[c.node_id] = changed[c.node_id]
         wanted = [c for c in contacts if c.node_id not in self.revocations.revoked
-                  and self._needs_record(c.node_id, now)]
+                  and self._needs_record(c, now)]
         limiter = trio.CapacityLimiter(FETCH_CONCURRENCY)
 
         async def fetch(contact: Any) -> None:
@@ -218,6 +237,8 @@ class Node:
             if rec is None:
                 return
             old = self.peers.get(rec.node_id)
+            if old is not None and old.record is not None and old.record == rec.raw:
+                return
             last_seen = max(contact.last_seen, old.last_seen if old else 0.0)
             row = PeerRow(rec.node_id, rec.site, rec.addresses or (f"{contact.host}:"
                           f"{contact.port}",), rec.roles, last_seen, rec.raw)
@@ -230,6 +251,8 @@ class Node:
             for c in wanted:
                 nursery.start_soon(fetch, c)
         await self.state.upsert_peers(changed.values())
+        if changed:
+            self._note_peers_changed()
 
     def _check_record(self, raw: Any, node_id: bytes, now: float) -> NodeRecord | None:
         try:
@@ -281,6 +304,7 @@ class Node:
             del self.peers[i]
             log(logger, "peer.removed", id=i, reason="revoked by the grid authority")
         await self.state.remove_peers(gone)
+        self._note_peers_changed()
         log(logger, "revocations.adopted", serial=rl.serial, revoked=len(rl.revoked),
             reason=f"newer list from the {source}")
         if self.key.id in rl.revoked:
@@ -343,14 +367,38 @@ async def _stored_revocations(state: State, datadir: DataDir, grid: GridInfo) ->
 async def run_node(cfg: Config, datadir: DataDir, *,
                    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
     """Run one node until cancelled. Raises UserError for anything the admin must fix."""
+    try:
+        await _run_node(cfg, datadir, task_status)
+    except BaseExceptionGroup as group:
+        # trio's nurseries (ours and trio-asyncio's) wrap errors in groups;
+        # one that holds only UserErrors is the admin's to fix, not a bug.
+        err = first_user_error(group)
+        if err is None:
+            raise
+        raise err from None
+
+
+async def _run_node(cfg: Config, datadir: DataDir, task_status: trio.TaskStatus[Node]) -> None:
     key = datadir.load_key()
     grid = datadir.load_grid()
-    async with trio_asyncio.open_loop():
+    async with trio_asyncio.open_loop() as loop:
+        errors = {"asyncio_errors": 0}
+
+        def on_asyncio_error(loop: Any, context: dict[str, Any]) -> None:
+            # trio-asyncio's default would re-raise into the root nursery and
+            # stop the node; an error in a library callback is logged instead.
+            errors["asyncio_errors"] += 1
+            logger.error("asyncio callback failed: %s", context.get("message"),
+                         exc_info=context.get("exception"))
+
+        loop.set_exception_handler(on_asyncio_error)
         try:
             async with open_state(datadir.state) as state:
                 revocations = await _stored_revocations(state, datadir, grid)
                 cert = datadir.load_cert(key, grid, revocations.revoked)
                 node = Node(cfg, datadir, key, grid, cert, state, revocations)
+                node.counters.update(errors)
+                errors = node.counters  # the handler counts here from now on
                 await node.run(task_status=task_status)
         except StateError as exc:
             raise UserError(str(exc)) from None

@@ -11,3 +11,20 @@ class UsageError(UserError):
     """The command line itself is malformed."""
 
     exit_code = 2
+
+
+def first_user_error(exc: BaseException) -> UserError | None:
+    """The UserError that ended ``exc``, looking inside trio exception groups.
+
+    A group counts only if everything in it is a UserError: anything else
+    is a bug that must surface with its traceback.
+    """
+    if isinstance(exc, UserError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        match, rest = exc.split(UserError)
+        if match is not None and rest is None:
+            while isinstance(match, BaseExceptionGroup):
+                match = match.exceptions[0]
+            return match
+    return None

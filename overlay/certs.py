@@ -38,6 +38,9 @@ KEY_SIZE = 32
 MAX_NAME = 128
 # Clocks of grid sites disagree a little; certificates tolerate this much.
 CLOCK_SKEW = 300
+# 22 bytes an id in msgpack: 2048 ids keep a revocation list well under the
+# 64 KiB envelope cap (and under what one DHT datagram carries, issue 3).
+MAX_REVOKED = 2048
 
 
 class CertificateRejected(BadMessage):
@@ -136,7 +139,11 @@ class Certificate:
     @classmethod
     def issue(cls, authority: KeyPair, *, kind: str, subject_key: bytes, name: str,
               roles: tuple[str, ...], not_before: int, not_after: int) -> Certificate:
-        """Sign a certificate (the authority's side; local mistakes raise ValueError)."""
+        """Sign a certificate (the authority's side).
+
+        A bad kind or lifetime raises ValueError; a bad name or role raises
+        BadMessage, from the same checks that every reader applies.
+        """
         if kind not in KINDS:
             raise ValueError(f"unknown certificate kind {kind!r}")
         if not_after <= not_before:
@@ -237,6 +244,8 @@ class RevocationList:
     @classmethod
     def issue(cls, authority: KeyPair, serial: int, issued_at: int,
               revoked: frozenset[bytes]) -> RevocationList:
+        if len(revoked) > MAX_REVOKED:
+            raise ValueError(f"a revocation list holds at most {MAX_REVOKED} ids")
         raw = seal(REVOCATIONS_TAG, [VERSION, node_id_of(authority.public_key), serial,
                                      issued_at, sorted(revoked)], authority.signing_key)
         return cls(node_id_of(authority.public_key), serial, issued_at, revoked, raw)
@@ -250,7 +259,7 @@ class RevocationList:
         (_, grid_id, serial, issued_at, revoked), body, sig = _fields(REVOCATIONS_TAG, data, 5)
         expect(grid_id == grid.grid_id, "revocation list is for another grid")
         verify_body(grid.authority_key, body, sig)
-        expect(isinstance(revoked, list) and len(revoked) <= 4096, "bad revoked list")
+        expect(isinstance(revoked, list) and len(revoked) <= MAX_REVOKED, "bad revoked list")
         expect(all(isinstance(r, bytes) and len(r) == 20 for r in revoked), "bad revoked id")
         return cls(grid_id, _check_int(serial, "serial"), _check_int(issued_at, "issued_at"),
                    frozenset(revoked), data)

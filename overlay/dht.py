@@ -12,6 +12,8 @@ until then values are checked by the reader (see ``records``).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
+logger = logging.getLogger("gridnode.dht")
+
 
 @dataclass(frozen=True)
 class Contact:
@@ -33,11 +37,49 @@ class Contact:
 
 
 class _Protocol(KademliaProtocol):
-    """KademliaProtocol that records when each contact was last heard from."""
+    """KademliaProtocol that remembers when each contact was last heard from
+    and never lets a bad datagram or a late reply raise out of its tasks
+    (under trio-asyncio an unretrieved task exception would stop the node).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.last_seen: dict[bytes, float] = {}
+        self.counters = {"datagrams_refused": 0, "late_replies": 0}
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        asyncio.ensure_future(self._solve_datagram_safely(data, addr))
+
+    async def _solve_datagram_safely(self, data: bytes, addr: Any) -> None:
+        try:
+            await self._solve_datagram(data, addr)
+        except Exception as exc:  # a peer's garbage: count it, keep serving
+            self._refuse(addr, exc)
+
+    async def _accept_request(self, msg_id: bytes, data: Any, address: Any) -> None:
+        try:
+            await super()._accept_request(msg_id, data, address)
+        except Exception as exc:
+            self._refuse(address, exc)
+
+    def _refuse(self, addr: Any, exc: Exception) -> None:
+        self.counters["datagrams_refused"] += 1
+        logger.debug("refused datagram from %s: %r", addr, exc)
+
+    def _accept_response(self, msg_id: bytes, data: Any, address: Any) -> None:
+        entry = self._outstanding.pop(msg_id, None)
+        if entry is None:
+            self.counters["late_replies"] += 1
+            return
+        future, timeout = entry
+        timeout.cancel()
+        if not future.done():  # the caller may have been cancelled meanwhile
+            future.set_result((True, data))
+
+    def _timeout(self, msg_id: bytes) -> None:
+        entry = self._outstanding.pop(msg_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result((False, None))
 
     def welcome_if_new(self, node: Node) -> None:
         self.last_seen[node.id] = time.time()
@@ -126,6 +168,7 @@ class GridDht:
     def statistics(self) -> dict[str, int]:
         protocol = self._server.protocol
         return {
+            **(protocol.counters if protocol else {}),
             "contacts": len(self.contacts()),
             "records_held": len(list(self._server.storage)),
             "buckets": len(protocol.router.buckets) if protocol else 0,

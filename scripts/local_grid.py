@@ -199,7 +199,8 @@ def main() -> int:
     log(f"preparing {args.nodes} nodes in {root}")
     prepare(root, args.nodes, args.base_port)
     procs = start(root, args.nodes, args.base_port, args.detach)
-    log(f"started {args.nodes} nodes on 127.0.0.1:{args.base_port}-{args.base_port + args.nodes - 1}")
+    last_port = args.base_port + args.nodes - 1
+    log(f"started {args.nodes} nodes on 127.0.0.1:{args.base_port}-{last_port}")
     try:
         rows = wait_converged(root, args.nodes, procs, args.timeout)
         if args.json:

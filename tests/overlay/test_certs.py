@@ -192,6 +192,16 @@ _scalars = st.one_of(
     st.builds(msgpack.Timestamp, st.integers(-(2**40), 2**40), st.integers(0, 999_999_999)),
 )
 
+_decodable_values = st.recursive(
+    _scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=6),
+        st.dictionaries(st.one_of(st.text(max_size=8), st.binary(max_size=8)), children,
+                        max_size=4),
+    ),
+    max_leaves=10,
+)
+
 msgpack_values = st.recursive(
     _scalars,
     lambda children: st.one_of(
@@ -217,11 +227,14 @@ _near_misses = st.sampled_from([
 ])
 
 junk = st.one_of(msgpack_values, _near_misses)
+# Junk for a field inside a body that must still decode, so the field checks run.
+_field_junk = st.one_of(_near_misses, _decodable_values)
 
 
 def mostly(good: Any) -> st.SearchStrategy[Any]:
-    """``good`` three times in four, else junk: reaches the checks behind the first."""
-    return st.integers(0, 3).flatmap(lambda i: junk if i == 0 else st.just(good))
+    """``good`` four times in five, else junk: reaches the checks behind the first."""
+    return st.sampled_from([True] * 4 + [False]).flatmap(
+        lambda ok: st.just(good) if ok else _field_junk)
 
 
 # -- round trips -------------------------------------------------------------------------
@@ -467,17 +480,18 @@ def test_decoders_on_valid_prefix_plus_garbage(which: str, prefix_len: int,
 def _signed_fields_strategy(tag: bytes, key: KeyPair,
                             good: list[Any]) -> st.SearchStrategy[bytes]:
     return st.tuples(
-        st.one_of(st.just(VERSION), st.just(VERSION), st.just(VERSION), junk),
+        st.sampled_from([True] * 9 + [False]).flatmap(
+            lambda ok: st.just(VERSION) if ok else _field_junk),
         *[mostly(g) for g in good],
-        st.integers(-2, 2),
+        st.sampled_from(["keep"] * 18 + ["drop", "add"]),
     ).map(lambda t: seal(tag, _resize(list(t[:-1]), t[-1]), key.signing_key))
 
 
-def _resize(fields: list[Any], delta: int) -> list[Any]:
-    """Usually keep the field count; sometimes drop or add fields."""
-    if delta < 0:
-        return fields[:delta]
-    if delta == 2:
+def _resize(fields: list[Any], choice: str) -> list[Any]:
+    """Usually keep the field count; sometimes drop or add a field."""
+    if choice == "drop":
+        return fields[:-1]
+    if choice == "add":
         return [*fields, None]
     return fields
 

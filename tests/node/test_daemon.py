@@ -1,0 +1,121 @@
+"""Many real nodes in one process on loopback: discovery, restart, revocation."""
+
+from __future__ import annotations
+
+import trio
+
+from node.daemon import Node, run_node
+from tests.conftest import cli, make_grid, node_config
+
+
+class Running:
+    """A node started in a test's nursery, and a way to stop it and wait."""
+
+    def __init__(self, node: Node, scope: trio.CancelScope, done: trio.Event) -> None:
+        self.node, self._scope, self._done = node, scope, done
+
+    async def stop(self) -> None:
+        self._scope.cancel()
+        await self._done.wait()
+
+
+async def start_node(nursery: trio.Nursery, dd, **overrides) -> tuple[Node, Running]:
+    scope = trio.CancelScope()
+    done = trio.Event()
+
+    async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with scope:
+                await run_node(node_config(dd, **overrides), dd, task_status=task_status)
+        finally:
+            done.set()
+
+    node = await nursery.start(run)
+    return node, Running(node, scope, done)
+
+
+def address(node: Node) -> str:
+    host, port = node.dht.address
+    return f"{host}:{port}"
+
+
+async def test_twenty_nodes_all_list_each_other(short_tmp):
+    dirs = make_grid(short_tmp, 20)
+    async with trio.open_nursery() as nursery:
+        first, _ = await start_node(nursery, dirs[0])
+        nodes = [first]
+        for dd in dirs[1:]:
+            node, _ = await start_node(nursery, dd, bootstrap=[address(first)])
+            nodes.append(node)
+        with trio.fail_after(90):
+            for node in nodes:
+                await node.wait_peers(19)
+        ids = {n.key.id for n in nodes}
+        for node in nodes:
+            assert set(node.peers) == ids - {node.key.id}
+            listed = await node.handle_admin("peers", {})
+            assert {p["id"] for p in listed} == {i.hex() for i in ids - {node.key.id}}
+            status = await node.handle_admin("status", {})
+            assert status["peers_known"] == 19
+            assert status["refused"]["maintenance_errors"] == 0
+            assert status["refused"]["asyncio_errors"] == 0
+            assert status["dht"]["datagrams_refused"] == 0
+            assert status["refused"]["records_refused"] == 0
+        sites = {p["site"] for p in await nodes[5].handle_admin("peers", {})}
+        assert sites == {f"site-{i:02d}" for i in range(20)} - {"site-05"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_restarted_node_rejoins_from_stored_peers_with_bootstrap_down(short_tmp):
+    a, b, c = make_grid(short_tmp, 3)
+    async with trio.open_nursery() as nursery:
+        na, scope_a = await start_node(nursery, a)
+        nb, _ = await start_node(nursery, b, bootstrap=[address(na)])
+        nc, scope_c = await start_node(nursery, c, bootstrap=[address(na)])
+        with trio.fail_after(60):
+            for n in (na, nb, nc):
+                await n.wait_peers(2)
+        c_listen = address(nc)
+        # Stop C, then the bootstrap node A: C must find B from its state file.
+        await scope_c.stop()
+        await scope_a.stop()
+        nc2, _ = await start_node(nursery, c, listen=c_listen, bootstrap=[])
+        assert nc2.cfg.bootstrap == ()
+        assert nb.key.id in nc2.peers and na.key.id in nc2.peers  # loaded from state
+        with trio.fail_after(60):
+            while nb.key.id not in {x.node_id for x in nc2.dht.contacts()}:
+                await nc2.wait_round()
+            while nc2.key.id not in {x.node_id for x in nb.dht.contacts()}:
+                await nb.wait_round()
+        nursery.cancel_scope.cancel()
+
+
+async def test_revoked_node_is_dropped_by_peers_and_stops(short_tmp):
+    a, b, c = make_grid(short_tmp, 3)
+    async with trio.open_nursery() as nursery:
+        na, _ = await start_node(nursery, a)
+        nb, _ = await start_node(nursery, b, bootstrap=[address(na)])
+        stopped = trio.Event()
+        outcome = {}
+
+        async def run_c() -> None:
+            try:
+                await run_node(node_config(c, bootstrap=[address(na)]), c)
+            except Exception as exc:  # the revoked node ends with NodeRevoked
+                outcome["exc"] = exc
+            stopped.set()
+
+        nursery.start_soon(run_c)
+        with trio.fail_after(60):
+            await nb.wait_peers(2)
+        c_id = (set(nb.peers) - {na.key.id}).pop()
+        cli("grid", "revoke", "--data-dir", str(a.root), c_id.hex())
+        with trio.fail_after(60):
+            await stopped.wait()
+            while c_id in nb.peers:
+                await nb.wait_round()
+            while c_id in na.peers:
+                await na.wait_round()
+        assert "revoked" in str(outcome["exc"])
+        assert nb.revocations.serial == 1 and c_id in nb.revocations.revoked
+        nursery.cancel_scope.cancel()
