@@ -16,6 +16,7 @@ grid converges in seconds and a settled one costs little.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -28,13 +29,14 @@ import trio_asyncio
 from overlay import (
     BadMessage,
     Certificate,
+    Contact,
+    GridDht,
     GridInfo,
     KeyPair,
     NodeRecord,
     RevocationList,
     node_record_key,
 )
-from overlay.dht import Contact, GridDht
 
 from .admin import AdminError, serve_admin
 from .config import Config, parse_hostport
@@ -320,7 +322,14 @@ class Node:
         if handler is None:
             self.counters["admin_refused"] += 1
             raise AdminError(f"unknown operation {op!r} (known: {', '.join(self.admin_ops)})")
-        return await handler(**args) if args else await handler()
+        try:
+            # Check the arguments against the handler before calling it, so a
+            # bad request is refused while a TypeError inside a handler stays a bug.
+            inspect.signature(handler).bind(**args)
+        except TypeError as exc:
+            self.counters["admin_refused"] += 1
+            raise AdminError(f"bad arguments for {op!r}: {exc}") from None
+        return await handler(**args)
 
     async def _op_status(self) -> dict[str, Any]:
         return {

@@ -48,6 +48,13 @@ class StateError(Exception):
     """The state file cannot be opened or is not ours."""
 
 
+def _refuse_newer(path: Path, version: int) -> None:
+    if version > len(MIGRATIONS):
+        raise StateError(
+            f"{path} has schema version {version}, newer than this gridnode "
+            f"({len(MIGRATIONS)}); upgrade gridnode")
+
+
 @dataclass(frozen=True)
 class PeerRow:
     node_id: bytes
@@ -107,10 +114,7 @@ class State:
 
     async def _migrate(self) -> None:
         version = await self.schema_version()
-        if version > len(MIGRATIONS):
-            raise StateError(
-                f"{self.path} has schema version {version}, newer than this gridnode "
-                f"({len(MIGRATIONS)}); upgrade gridnode")
+        _refuse_newer(self.path, version)
         for number in range(version + 1, len(MIGRATIONS) + 1):
             statements = [s.strip() for s in MIGRATIONS[number - 1].split(";") if s.strip()]
             await self._write([(s, ()) for s in statements]
@@ -161,6 +165,10 @@ async def open_state(path: Path) -> AsyncIterator[State]:
     async def connect() -> aiosqlite.Connection:
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
+            # Refuse a newer file before any pragma that writes (journal_mode
+            # rewrites the header): a refused file is left exactly as it was.
+            async with db.execute("PRAGMA user_version") as cur:
+                _refuse_newer(path, (await cur.fetchone())[0])
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = FULL")
             await db.execute("PRAGMA foreign_keys = ON")

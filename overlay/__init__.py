@@ -14,6 +14,7 @@ from .certs import (
     RevocationList,
     check_certificate,
 )
+from .dht import Contact, GridDht
 from .identity import KeyPair, node_id_of, read_key, write_key
 from .records import NodeRecord, node_record_key
 
@@ -22,6 +23,8 @@ __all__ = [
     "BadMessage",
     "Certificate",
     "CertificateRejected",
+    "Contact",
+    "GridDht",
     "GridInfo",
     "IdentityError",
     "JoinRequest",

@@ -30,7 +30,8 @@ from node.errors import UserError
 
 
 def log(msg: str) -> None:
-    print(msg, flush=True)
+    """Progress goes to stderr, so that --json leaves stdout to the JSON."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def node_dir(root: Path, i: int) -> Path:
@@ -203,10 +204,10 @@ def main() -> int:
     log(f"started {args.nodes} nodes on 127.0.0.1:{args.base_port}-{last_port}")
     try:
         rows = wait_converged(root, args.nodes, procs, args.timeout)
+        log(f"all {args.nodes} nodes see each other:")
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
-            log(f"all {args.nodes} nodes see each other:")
             print_table(rows)
         if args.detach:
             (root / "pids.json").write_text(json.dumps({str(i): p.pid for i, p in procs.items()}))

@@ -1,0 +1,105 @@
+"""The local grid launcher with real node processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "local_grid.py"
+
+pytestmark = pytest.mark.slow
+
+
+def free_base_port(n: int) -> int:
+    """A base port with ``n`` free UDP ports after it."""
+    for _ in range(50):
+        base = random.randrange(20000, 60000)
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
+def gridnode(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "node", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_detach_list_survive_a_kill_and_stop(short_tmp):
+    n = 4
+    base = free_base_port(n)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dir", str(short_tmp), "--nodes", str(n),
+         "--base-port", str(base), "--detach", "--json"],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert "all 4 nodes see each other" in out.stderr
+    ids = {r["id"] for r in rows}
+    assert len(ids) == n and all(r["up"] and r["peers"] == n - 1 for r in rows)
+    pids = {int(k): v for k, v in json.loads((short_tmp / "pids.json").read_text()).items()}
+    try:
+        listed = gridnode("peers", "--json", "--data-dir", str(short_tmp / "node-02"))
+        assert listed.returncode == 0, listed.stderr
+        peers = json.loads(listed.stdout)
+        assert {p["id"] for p in peers} == ids - {rows[2]["id"]}
+        assert {p["site"] for p in peers} == {"site-00", "site-01", "site-03"}
+        # One node dies hard; the others keep serving.
+        os.kill(pids[1], signal.SIGKILL)
+        for i in (0, 2, 3):
+            status = gridnode("status", "--json", "--data-dir", str(short_tmp / f"node-{i:02d}"))
+            assert status.returncode == 0, status.stderr
+            assert json.loads(status.stdout)["peers_known"] == n - 1
+    finally:
+        stop = subprocess.run([sys.executable, str(SCRIPT), "--dir", str(short_tmp), "--stop"],
+                              capture_output=True, text=True, timeout=60)
+    assert stop.returncode == 0, stop.stderr
+    assert "stopped 4 nodes" in stop.stderr
+    assert not any(alive(p) for p in pids.values())
+    assert not (short_tmp / "pids.json").exists()
+
+
+def test_ctrl_c_stops_every_node(short_tmp):
+    base = free_base_port(3)
+    with subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--dir", str(short_tmp), "--nodes", "3",
+         "--base-port", str(base)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    ) as proc:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "grid running" in line:
+                break
+        assert any("all 3 nodes see each other" in x for x in lines), "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=60) == 0
+    assert "stopped 3 nodes (exit codes [0])" in rest
+    for i in range(3):
+        assert not (short_tmp / f"node-{i:02d}" / "admin.sock").exists()
