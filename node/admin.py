@@ -103,6 +103,12 @@ async def _dispatch(body: bytes, handler: Handler, counters: dict[str, int]) -> 
         return {"ok": True, "result": await handler(req["op"], req.get("args", {}))}
     except AdminError as exc:
         return {"ok": False, "error": str(exc)}
+    except Exception:
+        # Our bug, not the caller's: log it loudly and count it, but one bad
+        # handler must not take the node down with it.
+        counters["admin_errors"] = counters.get("admin_errors", 0) + 1
+        logger.exception("admin operation %r failed", req["op"])
+        return {"ok": False, "error": f"internal error in {req['op']!r}; see the node's log"}
 
 
 async def _send(stream: trio.SocketStream, msg: dict[str, Any]) -> None:

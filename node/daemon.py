@@ -78,6 +78,7 @@ class Node:
         self.record_seq = 0
         self.counters: dict[str, int] = {
             "admin_refused": 0,
+            "admin_errors": 0,
             "records_refused": 0,
             "revocations_refused": 0,
             "maintenance_errors": 0,

@@ -139,6 +139,24 @@ def wait_converged(root: Path, n: int, procs: dict[int, subprocess.Popen],
         time.sleep(0.5)
 
 
+def watch(root: Path, n: int, procs: dict[int, subprocess.Popen]) -> None:
+    """Report every change in who sees whom until a node process exits."""
+    last = None
+    while all(p.poll() is None for p in procs.values()):
+        rows = snapshot(root, n)
+        summary = [(r["node"], r["up"], r.get("peers"), r.get("records_held")) for r in rows]
+        if last is not None and summary != last:
+            log(time.strftime("%H:%M:%S ") + "  ".join(
+                f"node-{i:02d}: {peers} peers, {held} records" if up else f"node-{i:02d}: down"
+                for i, up, peers, held in summary))
+        last = summary
+        time.sleep(2)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def stop(root: Path) -> int:
     pidfile = root / "pids.json"
     if not pidfile.exists():
@@ -189,6 +207,9 @@ def main() -> int:
     ap.add_argument("--stop", action="store_true", help="stop a detached grid in --dir")
     ap.add_argument("--json", action="store_true", help="print the final table as JSON")
     args = ap.parse_args()
+    # SIGTERM and a closed terminal stop the grid the way Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     root = args.dir.resolve()
     if args.stop:
         return stop(root)
@@ -214,8 +235,7 @@ def main() -> int:
             log(f"detached; stop with: python scripts/local_grid.py --dir {args.dir} --stop")
             return 0
         log("grid running; Ctrl-C stops it")
-        while all(p.poll() is None for p in procs.values()):
-            time.sleep(0.5)
+        watch(root, args.nodes, procs)
         log("a node exited; stopping the others")
         return 1
     except KeyboardInterrupt:

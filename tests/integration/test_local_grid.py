@@ -58,13 +58,13 @@ def test_detach_list_survive_a_kill_and_stop(short_tmp):
         [sys.executable, str(SCRIPT), "--dir", str(short_tmp), "--nodes", str(n),
          "--base-port", str(base), "--detach", "--json"],
         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)
-    assert "all 4 nodes see each other" in out.stderr
-    ids = {r["id"] for r in rows}
-    assert len(ids) == n and all(r["up"] and r["peers"] == n - 1 for r in rows)
-    pids = {int(k): v for k, v in json.loads((short_tmp / "pids.json").read_text()).items()}
     try:
+        assert out.returncode == 0, out.stderr
+        pids = {int(k): v for k, v in json.loads((short_tmp / "pids.json").read_text()).items()}
+        rows = json.loads(out.stdout)
+        assert "all 4 nodes see each other" in out.stderr
+        ids = {r["id"] for r in rows}
+        assert len(ids) == n and all(r["up"] and r["peers"] == n - 1 for r in rows)
         listed = gridnode("peers", "--json", "--data-dir", str(short_tmp / "node-02"))
         assert listed.returncode == 0, listed.stderr
         peers = json.loads(listed.stdout)
@@ -91,14 +91,16 @@ def test_ctrl_c_stops_every_node(short_tmp):
         [sys.executable, str(SCRIPT), "--dir", str(short_tmp), "--nodes", "3",
          "--base-port", str(base)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     ) as proc:
-        lines = []
-        for line in proc.stderr:
-            lines.append(line)
-            if "grid running" in line:
-                break
-        assert any("all 3 nodes see each other" in x for x in lines), "".join(lines)
-        proc.send_signal(signal.SIGINT)
-        rest = proc.stderr.read()
+        try:
+            lines = []
+            for line in proc.stderr:
+                lines.append(line)
+                if "grid running" in line:
+                    break
+            assert any("all 3 nodes see each other" in x for x in lines), "".join(lines)
+        finally:
+            proc.send_signal(signal.SIGINT)  # also what stops the grid if the test failed
+            rest = proc.stderr.read()
         assert proc.wait(timeout=60) == 0
     assert "stopped 3 nodes (exit codes [0])" in rest
     for i in range(3):

@@ -165,6 +165,7 @@ async def test_hostile_input_is_refused_and_node_keeps_serving(short_tmp):
             assert status["refused"]["admin_refused"] == refused
             assert await call(path, "peers") == []
             assert n.counters["maintenance_errors"] == 0
+            assert n.counters["admin_errors"] == 0
             assert n.counters.get("asyncio_errors", 0) == 0
 
 
@@ -257,8 +258,25 @@ msgpack_values = st.recursive(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(["op", "args", "extra"]),
-                       st.sampled_from(["status", "peers", "nope", ""]) | msgpack_values,
-                       max_size=3))
+@given(st.fixed_dictionaries(
+    {"op": st.sampled_from(["status", "peers", "nope", ""]) | msgpack_values},
+    optional={"args": st.dictionaries(st.text(max_size=5) | st.binary(max_size=5),
+                                      msgpack_values, max_size=3) | msgpack_values,
+              "extra": msgpack_values}))
 def test_dispatch_of_request_shaped_maps_always_replies(req):
     check_dispatch(packb(req))
+
+
+async def test_a_failing_handler_is_counted_and_the_node_keeps_serving(short_tmp):
+    with trio.fail_after(20):
+        async with running_node(short_tmp) as n:
+            path = n.datadir.admin_socket
+
+            async def broken() -> None:
+                raise RuntimeError("bug in a handler")
+
+            n.admin_ops["status"] = broken
+            with pytest.raises(UserError, match="internal error in 'status'"):
+                await call(path, "status")
+            assert n.counters["admin_errors"] == 1
+            assert await call(path, "peers") == []

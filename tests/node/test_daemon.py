@@ -58,6 +58,7 @@ async def test_twenty_nodes_all_list_each_other(short_tmp):
             status = await node.handle_admin("status", {})
             assert status["peers_known"] == 19
             assert status["refused"]["maintenance_errors"] == 0
+            assert status["refused"]["admin_errors"] == 0
             assert status["refused"]["asyncio_errors"] == 0
             assert status["dht"]["datagrams_refused"] == 0
             assert status["refused"]["records_refused"] == 0
