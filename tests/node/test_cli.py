@@ -463,3 +463,30 @@ def test_daemon_answers_and_stops_cleanly(node_a: Path, tmp_path: Path,
     assert "Traceback" not in text
     assert f"received {signum.name}" in text
     assert "event=node.stopped" in text
+
+
+def test_fresh_init_with_no_flags_runs_at_once(tmp_path: Path) -> None:
+    """`gridnode init` alone makes a one-node grid in the default data dir that runs."""
+    ok("init")
+    default = tmp_path / "home" / ".local" / "share" / "gridnode"
+    assert (default / "node.cert").exists() and (default / "authority.key").exists()
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        # The port is the only thing overridden: 7400 may be taken on a CI machine.
+        proc = subprocess.Popen([sys.executable, "-m", "node", "run", "--listen", "127.0.0.1:0"],
+                                cwd=tmp_path, env=_env(None), stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 20
+        status = run("status", "--json")
+        while status.returncode != 0 and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+            status = run("status", "--json")
+        assert status.returncode == 0, log.read_text()
+        assert json.loads(status.stdout)["id"] == node_id(default)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
