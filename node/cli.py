@@ -60,11 +60,11 @@ def _check_name(name: str, what: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--data-dir", type=Path, default=None,
                         help="node data dir (default: $GRIDNODE_DATA_DIR, "
                         "else ~/.local/share/gridnode)")
-    as_json = argparse.ArgumentParser(add_help=False)
+    as_json = _Parser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
 
     p = _Parser(prog="gridnode", description="A peer-to-peer grid node.")

@@ -136,7 +136,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             values[key] = _build(_SECTIONS[key], value, f"{name}.")
             continue
         f = fields[key]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = (f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory())  # type: ignore[operator]
         values[key] = _check_type(name, value, default)
     return cls(**values)
 

@@ -24,7 +24,8 @@ def first_user_error(exc: BaseException) -> UserError | None:
     if isinstance(exc, BaseExceptionGroup):
         match, rest = exc.split(UserError)
         if match is not None and rest is None:
-            while isinstance(match, BaseExceptionGroup):
-                match = match.exceptions[0]
-            return match
+            leaf: BaseException = match
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            return leaf if isinstance(leaf, UserError) else None
     return None

@@ -117,8 +117,8 @@ class State:
         _refuse_newer(self.path, version)
         for number in range(version + 1, len(MIGRATIONS) + 1):
             statements = [s.strip() for s in MIGRATIONS[number - 1].split(";") if s.strip()]
-            await self._write([(s, ()) for s in statements]
-                              + [(f"PRAGMA user_version = {number}", ())])
+            writes: list[tuple[str, Iterable[Any]]] = [(s, ()) for s in statements]
+            await self._write([*writes, (f"PRAGMA user_version = {number}", ())])
 
     # -- peers -------------------------------------------------------------
 
@@ -168,7 +168,8 @@ async def open_state(path: Path) -> AsyncIterator[State]:
             # Refuse a newer file before any pragma that writes (journal_mode
             # rewrites the header): a refused file is left exactly as it was.
             async with db.execute("PRAGMA user_version") as cur:
-                _refuse_newer(path, (await cur.fetchone())[0])
+                row = await cur.fetchone()
+                _refuse_newer(path, row[0] if row else 0)
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = FULL")
             await db.execute("PRAGMA foreign_keys = ON")
