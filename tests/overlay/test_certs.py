@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 import nacl.signing
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from overlay import (
@@ -43,21 +43,13 @@ from overlay.certs import (
     VERSION,
 )
 from overlay.records import CAPACITY_KEYS, NODE_RECORD_TAG
+from tests.overlay.common import NOW, SETTINGS, fixed_key
 
-SETTINGS = settings(max_examples=200, deadline=None, database=None)
-
-NOW = 1_700_000_000
-
-
-def _key(n: int) -> KeyPair:
-    return KeyPair(nacl.signing.SigningKey(bytes([n]) * 32))
-
-
-AUTH = _key(1)
-OTHER_AUTH = _key(2)
-NODE = _key(3)
-NODE2 = _key(4)
-USER = _key(5)
+AUTH = fixed_key(1)
+OTHER_AUTH = fixed_key(2)
+NODE = fixed_key(3)
+NODE2 = fixed_key(4)
+USER = fixed_key(5)
 
 GRID = GridInfo.create(AUTH, "test-grid", NOW - 10_000, ("tcp://10.0.0.1:7000",))
 OTHER_GRID = GridInfo.create(OTHER_AUTH, "other-grid", NOW - 10_000)
@@ -715,7 +707,7 @@ def test_revocation_of_others_does_not_reject() -> None:
         check_certificate(USER_CERT, GRID, NOW, revoked=REVS.revoked)
 
 
-def test_revocation_is_by_id_not_by_key() -> None:
+def test_revocation_is_by_id_not_byfixed_key() -> None:
     # Revoking the raw public key bytes is not revoking the subject id.
     check_certificate(CERT, GRID, NOW, revoked=frozenset({NODE.public_key}))
 
@@ -844,7 +836,7 @@ def test_grid_info_with_substituted_authority_key_is_refused() -> None:
         GridInfo.from_bytes_untrusted(raw)
 
 
-def test_join_request_must_be_signed_by_its_subject_key() -> None:
+def test_join_request_must_be_signed_by_its_subjectfixed_key() -> None:
     raw = seal(JOIN_REQUEST_TAG, [VERSION, GRID.grid_id, NODE.public_key, "site-a",
                                   ["queue"], NOW], NODE2.signing_key)
     with pytest.raises(BadMessage, match="bad signature"):

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
-import nacl.signing
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from overlay import (
@@ -25,21 +24,13 @@ from overlay import (
 from overlay._wire import seal
 from overlay.certs import CLOCK_SKEW, VERSION
 from overlay.records import CAPACITY_KEYS, MAX_ADDRESSES, NODE_RECORD_TAG
+from tests.overlay.common import NOW, SETTINGS, fixed_key
 
-SETTINGS = settings(max_examples=200, deadline=None, database=None)
-
-NOW = 1_700_000_000
-
-
-def _key(n: int) -> KeyPair:
-    return KeyPair(nacl.signing.SigningKey(bytes([n]) * 32))
-
-
-AUTH = _key(11)
-OTHER_AUTH = _key(12)
-NODE = _key(13)
-NODE2 = _key(14)
-USER = _key(15)
+AUTH = fixed_key(11)
+OTHER_AUTH = fixed_key(12)
+NODE = fixed_key(13)
+NODE2 = fixed_key(14)
+USER = fixed_key(15)
 
 GRID = GridInfo.create(AUTH, "records-grid", NOW - 10_000)
 OTHER_GRID = GridInfo.create(OTHER_AUTH, "other-grid", NOW - 10_000)
@@ -299,7 +290,7 @@ def test_record_with_tampered_fields_is_refused() -> None:
 
 
 def test_node_record_key_is_distinct_per_node() -> None:
-    keys = [_key(n) for n in range(20, 60)]
+    keys = [fixed_key(n) for n in range(20, 60)]
     dht_keys = {node_record_key(k.id) for k in keys}
     assert len(dht_keys) == len(keys)
     assert node_record_key(NODE.id) != node_record_key(NODE2.id)
