@@ -38,7 +38,7 @@ class AdminError(Exception):
     """An admin request that the node refuses; its message goes back to the caller."""
 
 
-def _claim_socket_path(path: Path) -> None:
+def claim_socket_path(path: Path) -> None:
     """Remove a stale socket; refuse if a live daemon answers on it."""
     if not path.exists():
         return
@@ -119,7 +119,7 @@ async def _send(stream: trio.SocketStream, msg: dict[str, Any]) -> None:
 async def serve_admin(path: Path, handler: Handler, counters: dict[str, int], *,
                       task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve admin requests on a Unix socket at ``path`` until cancelled."""
-    _claim_socket_path(path)
+    claim_socket_path(path)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
     try:

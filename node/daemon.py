@@ -38,7 +38,7 @@ from overlay import (
     node_record_key,
 )
 
-from .admin import AdminError, serve_admin
+from .admin import AdminError, claim_socket_path, serve_admin
 from .config import Config, parse_hostport
 from .datadir import DataDir
 from .errors import UserError, first_user_error
@@ -91,6 +91,9 @@ class Node:
     # -- lifecycle ---------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        self.peers = {p.node_id: p for p in await self.state.peers()}
+        # A second daemon on this data dir is told so before it fails on the port.
+        claim_socket_path(self.datadir.admin_socket)
         host, port = self.cfg.listen_address
         try:
             bound = await self.dht.listen(host, port)
@@ -104,7 +107,6 @@ class Node:
         if dropped:
             log(logger, "roles.dropped", logging.WARNING, roles=",".join(dropped),
                 reason="the certificate does not grant them")
-        self.peers = {p.node_id: p for p in await self.state.peers()}
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(serve_admin, self.datadir.admin_socket, self.handle_admin,

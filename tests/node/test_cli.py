@@ -490,3 +490,25 @@ def test_fresh_init_with_no_flags_runs_at_once(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_second_daemon_on_the_same_data_dir_is_refused(node_a: Path, tmp_path: Path) -> None:
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "node", "run", "--data-dir", "A", "--listen", "127.0.0.1:0"],
+            cwd=tmp_path, env=_env(None), stdout=out, stderr=out)
+    try:
+        status = _wait_for_status(proc, node_a, log)
+        port = status["addresses"][0].rsplit(":", 1)[1]
+        # Same data dir, same port: the admin socket answers first, so the
+        # admin hears "already running", not "port in use".
+        refused(run("run", "--data-dir", "A", "--listen", f"127.0.0.1:{port}"),
+                "already running")
+        assert run("status", "--data-dir", "A").returncode == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
