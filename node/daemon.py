@@ -73,6 +73,8 @@ class Node:
         self.roles = tuple(r for r in cfg.roles if r in cert.roles)
         self.dht = GridDht(key.id, ksize=cfg.dht.ksize, alpha=cfg.dht.alpha)
         self.peers: dict[bytes, PeerRow] = {}
+        # (seq, expires) of the newest record checked for each peer this run.
+        self._record_seen: dict[bytes, tuple[int, int]] = {}
         self.addresses: tuple[str, ...] = ()
         self.started = time.monotonic()
         self.record_seq = 0
@@ -208,17 +210,15 @@ class Node:
         self._peers_changed = trio.Event()
 
     def _needs_record(self, contact: Contact, now: float) -> bool:
+        """Fetch a record for a contact we have none for (this run), whose
+        record is due for its refresh, or that moved to another address."""
         peer = self.peers.get(contact.node_id)
-        if peer is None or peer.record is None:
+        seen = self._record_seen.get(contact.node_id)
+        if peer is None or seen is None:
             return True
         if peer.addresses and f"{contact.host}:{contact.port}" not in peer.addresses:
-            return True  # it moved (restarted elsewhere?): its new record says where
-        try:
-            rec = NodeRecord.from_bytes_untrusted(peer.record, self.grid, now,
-                                                  revoked=self.revocations.revoked)
-        except BadMessage:
-            return True
-        return rec.expires - now < self.cfg.record_ttl - self.cfg.record_refresh
+            return True  # restarted elsewhere: its new record says where
+        return seen[1] - now < self.cfg.record_ttl - self.cfg.record_refresh
 
     async def _discover(self) -> None:
         now = time.time()
@@ -241,9 +241,11 @@ class Node:
             rec = self._check_record(raw, contact.node_id, now)
             if rec is None:
                 return
+            seen = self._record_seen.get(rec.node_id)
+            if seen is not None and rec.seq <= seen[0]:
+                return  # the same record again, or an older one: no rollback
+            self._record_seen[rec.node_id] = (rec.seq, rec.expires)
             old = self.peers.get(rec.node_id)
-            if old is not None and old.record is not None and old.record == rec.raw:
-                return
             last_seen = max(contact.last_seen, old.last_seen if old else 0.0)
             row = PeerRow(rec.node_id, rec.site, rec.addresses or (f"{contact.host}:"
                           f"{contact.port}",), rec.roles, last_seen, rec.raw)
