@@ -216,7 +216,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"addresses   {', '.join(s['addresses']) or '-'}",
         f"uptime      {s['uptime']:.0f} s",
         f"peers known {s['peers_known']}",
-        f"dht         {s['dht']['contacts']} contacts, {s['dht']['records_held']} records held",
+        f"dht         {s['dht']['contacts']} contacts, {s['dht']['records_held']} records held, "
+        f"{s['dht'].get('datagrams_refused', 0)} datagrams refused",
         f"refused     {refused}",
     ])
     _print(s, args.json, text)
