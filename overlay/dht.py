@@ -51,6 +51,10 @@ class _Protocol(KademliaProtocol):
         asyncio.ensure_future(self._solve_datagram_safely(data, addr))
 
     async def _solve_datagram_safely(self, data: bytes, addr: Any) -> None:
+        # rpcudp drops these two kinds silently; we count them as refused.
+        if len(data) < 22 or data[:1] not in (b"\x00", b"\x01"):
+            self._refuse(addr, ValueError("too short or of unknown type"))
+            return
         try:
             await self._solve_datagram(data, addr)
         except Exception as exc:  # a peer's garbage: count it, keep serving

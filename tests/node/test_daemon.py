@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import trio
 
 from node.daemon import Node, run_node
@@ -119,4 +120,36 @@ async def test_revoked_node_is_dropped_by_peers_and_stops(short_tmp):
                 await na.wait_round()
         assert "revoked" in str(outcome["exc"])
         assert nb.revocations.serial == 1 and c_id in nb.revocations.revoked
+        nursery.cancel_scope.cancel()
+
+
+async def test_garbage_datagrams_are_counted_and_the_node_keeps_serving(short_tmp):
+    a, b = make_grid(short_tmp, 2)
+    async with trio.open_nursery() as nursery:
+        na, _ = await start_node(nursery, a)
+        host, port = na.dht.address
+        junk = [
+            b"",
+            b"\x00" * 5,
+            b"\x00" + b"m" * 20 + b"\xc1\xc1",                        # undecodable msgpack
+            b"\x00" + b"m" * 20 + msgpack.packb(["store", [1]]),      # wrong arguments
+            b"\x00" + b"m" * 20 + msgpack.packb({"not": "a list"}),   # malformed request
+            b"\x00" + b"m" * 20 + msgpack.packb(["find_node", ["x", 1, 2]]),
+            b"\x01" + b"r" * 20 + msgpack.packb(["reply nobody asked for"]),
+            b"\x07" + b"z" * 40,
+        ]
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        with sock:
+            for datagram in junk * 5:
+                await sock.sendto(datagram, (host, port))
+        # The node still lets another one join and list it.
+        nb, _ = await start_node(nursery, b, bootstrap=[address(na)])
+        with trio.fail_after(60):
+            await na.wait_peers(1)
+            await nb.wait_peers(1)
+        stats = na.dht.statistics()
+        assert stats["datagrams_refused"] == 5 * 7  # all but the unasked-for reply
+        assert stats["late_replies"] >= 5
+        assert na.counters["asyncio_errors"] == 0
+        assert na.counters["maintenance_errors"] == 0
         nursery.cancel_scope.cancel()
