@@ -83,7 +83,11 @@ class State:
         return await trio_asyncio.aio_as_trio(fn)(*args)
 
     async def _write(self, statements: list[tuple[str, Iterable[Any]]]) -> None:
-        """Run write statements in one transaction."""
+        """Run write statements in one transaction.
+
+        Each statement's parameters are one tuple (run once) or a list of
+        tuples (run for each, with ``executemany``).
+        """
 
         async def go() -> None:
             try:
@@ -116,9 +120,18 @@ class State:
         version = await self.schema_version()
         _refuse_newer(self.path, version)
         for number in range(version + 1, len(MIGRATIONS) + 1):
-            statements = [s.strip() for s in MIGRATIONS[number - 1].split(";") if s.strip()]
-            writes: list[tuple[str, Iterable[Any]]] = [(s, ()) for s in statements]
-            await self._write([*writes, (f"PRAGMA user_version = {number}", ())])
+            script = (f"BEGIN IMMEDIATE;\n{MIGRATIONS[number - 1]};\n"
+                      f"PRAGMA user_version = {number};\nCOMMIT;")
+
+            async def go(script: str = script) -> None:
+                try:
+                    await self._db.executescript(script)
+                except BaseException:
+                    if self._db.in_transaction:
+                        await self._db.rollback()
+                    raise
+
+            await self._run(go)
 
     # -- peers -------------------------------------------------------------
 
