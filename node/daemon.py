@@ -27,6 +27,8 @@ import trio
 import trio_asyncio
 
 from overlay import (
+    MAX_RECORD_TTL,
+    REVOCATIONS_KEY,
     BadMessage,
     Certificate,
     Contact,
@@ -35,7 +37,9 @@ from overlay import (
     KeyPair,
     NodeRecord,
     RevocationList,
+    SignedRecord,
     node_record_key,
+    provider_key,
 )
 
 from .admin import AdminError, claim_socket_path, serve_admin
@@ -47,7 +51,6 @@ from .state import PeerRow, State, StateError, open_state
 
 logger = logging.getLogger("gridnode.daemon")
 
-REVOCATIONS_KEY = b"gridnode/revocations"
 REVOCATIONS_META = "revocations"
 MAX_BOOTSTRAP_FROM_STATE = 32
 FETCH_CONCURRENCY = 8
@@ -71,7 +74,8 @@ class Node:
         self.state = state
         self.revocations = revocations
         self.roles = tuple(r for r in cfg.roles if r in cert.roles)
-        self.dht = GridDht(key.id, ksize=cfg.dht.ksize, alpha=cfg.dht.alpha)
+        self.dht = GridDht(key, cert, grid, ksize=cfg.dht.ksize, alpha=cfg.dht.alpha)
+        self.dht.set_revoked(revocations.revoked)
         self.peers: dict[bytes, PeerRow] = {}
         # (seq, expires) of the newest record checked for each peer this run.
         self._record_seen: dict[bytes, tuple[int, int]] = {}
@@ -81,8 +85,6 @@ class Node:
         self.counters: dict[str, int] = {
             "admin_refused": 0,
             "admin_errors": 0,
-            "records_refused": 0,
-            "revocations_refused": 0,
             "maintenance_errors": 0,
         }
         self.rounds = 0
@@ -98,7 +100,7 @@ class Node:
         claim_socket_path(self.datadir.admin_socket)
         host, port = self.cfg.listen_address
         try:
-            bound = await self.dht.listen(host, port)
+            bound = await self.dht.bind(host, port)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise UserError(f"cannot listen on {self.cfg.listen}: {reason}; "
@@ -111,6 +113,7 @@ class Node:
                 reason="the certificate does not grant them")
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.dht.serve)
                 await nursery.start(serve_admin, self.datadir.admin_socket, self.handle_admin,
                                     self.counters)
                 log(logger, "node.started", id=self.key.id, grid=self.grid.grid_id,
@@ -119,7 +122,6 @@ class Node:
                 nursery.start_soon(self._maintain)
                 task_status.started(self)
         finally:
-            self.dht.close()
             with trio.CancelScope(shield=True):
                 await self.state.upsert_peers(self.peers.values())
             log(logger, "node.stopped", id=self.key.id, peers_stored=len(self.peers),
@@ -190,11 +192,17 @@ class Node:
             capacity={"cores": self.cfg.capacity.cores, "memory_mb": self.cfg.capacity.memory_mb,
                       "disk_gb": self.cfg.capacity.disk_gb},
             seq=self.record_seq, expires=int(now) + self.cfg.record_ttl)
-        stored = await self.dht.set(node_record_key(self.key.id), record.raw)
+        assert record.signed is not None
+        stored = await self.dht.put(record.signed)
+        for role in self.roles:
+            provider = SignedRecord.create(
+                self.key, self.cert, key=provider_key("role", role), kind="provider",
+                seq=self.record_seq, expires=int(now) + self.cfg.record_ttl, value=b"")
+            await self.dht.put(provider)
         log(logger, "record.published", logging.DEBUG if stored else logging.INFO,
-            seq=record.seq, stored=stored,
+            seq=record.seq, stored_on=stored, roles=",".join(self.roles),
             reason="periodic refresh" if stored else "no peer took the record yet")
-        return stored
+        return stored > 0
 
     async def wait_peers(self, count: int) -> None:
         """Wait until this node knows at least ``count`` peers."""
@@ -235,12 +243,13 @@ class Node:
 
         async def fetch(contact: Any) -> None:
             async with limiter:
-                raw = await self.dht.get(node_record_key(contact.node_id))
-            if raw is None:
+                found = await self.dht.get(node_record_key(contact.node_id))
+            # The DHT returns only records that verify; under a node's key,
+            # only that node's own record is valid.
+            mine = [r for r in found if r.signer == contact.node_id]
+            if not mine:
                 return
-            rec = self._check_record(raw, contact.node_id, now)
-            if rec is None:
-                return
+            rec = NodeRecord.from_signed(max(mine, key=lambda r: r.seq))
             seen = self._record_seen.get(rec.node_id)
             if seen is not None and rec.seq <= seen[0]:
                 return  # the same record again, or an older one: no rollback
@@ -261,20 +270,6 @@ class Node:
         if changed:
             self._note_peers_changed()
 
-    def _check_record(self, raw: Any, node_id: bytes, now: float) -> NodeRecord | None:
-        try:
-            if not isinstance(raw, bytes):
-                raise BadMessage(f"record is a {type(raw).__name__}, not bytes")
-            rec = NodeRecord.from_bytes_untrusted(raw, self.grid, now,
-                                                  revoked=self.revocations.revoked)
-            if rec.node_id != node_id:
-                raise BadMessage("record is stored under another node's key")
-        except BadMessage as exc:
-            self.counters["records_refused"] += 1
-            log(logger, "record.refused", logging.WARNING, id=node_id, reason=str(exc))
-            return None
-        return rec
-
     # -- revocations -------------------------------------------------------
 
     async def _sync_revocations(self) -> None:
@@ -285,26 +280,26 @@ class Node:
                                    self.datadir.load_authority_revocations(self.grid)))
             except UserError as exc:
                 log(logger, "revocations.refused", logging.WARNING, reason=str(exc))
-        raw = await self.dht.get(REVOCATIONS_KEY)
         in_dht = 0
-        if raw is not None:
-            try:
-                if not isinstance(raw, bytes):
-                    raise BadMessage("revocation list is not bytes")
-                dht_list = RevocationList.from_bytes_untrusted(raw, self.grid)
-                in_dht = dht_list.serial
-                candidates.append(("DHT", dht_list))
-            except BadMessage as exc:
-                self.counters["revocations_refused"] += 1
-                log(logger, "revocations.refused", logging.WARNING, reason=str(exc))
-        for source, rl in candidates:
+        for rec in await self.dht.get(REVOCATIONS_KEY):
+            # The record's kind rule already checked the authority's signature.
+            rl = RevocationList.from_bytes_untrusted(rec.value, self.grid)
+            in_dht = max(in_dht, rl.serial)
+            candidates.append(("DHT", rl))
+        for source, rl in sorted(candidates, key=lambda c: c[1].serial):
             if rl.serial > self.revocations.serial:
                 await self.adopt_revocations(rl, source)
         if self.revocations.serial > in_dht:
-            await self.dht.set(REVOCATIONS_KEY, self.revocations.raw)
+            # Anyone holding a newer list republishes it, signed by itself.
+            now = int(time.time())
+            await self.dht.put(SignedRecord.create(
+                self.key, self.cert, key=REVOCATIONS_KEY, kind="revocations",
+                seq=self.revocations.serial, expires=now + MAX_RECORD_TTL,
+                value=self.revocations.raw))
 
     async def adopt_revocations(self, rl: RevocationList, source: str) -> None:
         self.revocations = rl
+        self.dht.set_revoked(rl.revoked)
         await self.state.set_meta(REVOCATIONS_META, rl.raw)
         gone = [i for i in self.peers if i in rl.revoked]
         for i in gone:

@@ -1,31 +1,79 @@
-"""The trio-facing adapter around the ``kademlia`` package.
+"""The DHT node: trio-native transport and lookups around kademlia's routing table.
 
-``kademlia`` is asyncio; the daemon is trio.  Everything here must be called
-from inside ``trio_asyncio.open_loop()``; callers see plain trio awaits.
-The adapter drives the routing-table refresh from a trio task (the stock
-``Server`` would schedule its own stray asyncio timers) and remembers when
-each contact was last heard from, which kademlia itself does not keep.
+Why not the stock ``kademlia.Server``: its transport (rpcudp) accepts any
+sender, waits a fixed 5 s per dead contact, runs fire-and-forget asyncio
+tasks that raise where nobody looks, and pushes stored values to any
+address that pings it.  Those parts are replaced here; the package's
+k-buckets, replacement caches and node heap are kept (see ``_routing``
+and docs/overlay.md).
 
-Issue 3 hardens what travels here (signed datagrams, validated storage);
-until then values are checked by the reader (see ``records``).
+Layers inside one node, bottom up:
+
+- ``_dgram.DatagramChecker``: every datagram is decoded and authenticated
+  (grid certificate, signature, timestamp, replay) before anything else
+  looks at it; failures are counted and dropped.
+- RPC: requests and responses matched by msg_id *and* address; timeouts
+  follow measured round trips (``RttEstimator``); an address that has not
+  proved itself gets no answer larger than its request (a retry cookie
+  instead).
+- Handlers: an explicit table ``ping``, ``find_node``, ``find_value``,
+  ``store``; storage is the validating ``RecordStore``.
+- Lookups: iterative, ``alpha`` queries in flight, failed contacts dropped
+  at once; value lookups return the union of valid records of the k
+  closest nodes (paged when a provider set does not fit one datagram).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import math
 import os
 import time
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-import trio_asyncio
-from kademlia.crawling import NodeSpiderCrawl
-from kademlia.network import Server
-from kademlia.node import Node
-from kademlia.protocol import KademliaProtocol
+import trio
+from kademlia.node import Node, NodeHeap
+
+from ._dgram import (
+    MAX_DATAGRAM,
+    AddressBook,
+    DatagramChecker,
+    Request,
+    Response,
+    Retry,
+    encode_request,
+    encode_response,
+    encode_retry,
+    new_msg_id,
+)
+from ._errors import BadMessage
+from ._routing import RoutingTable, RttEstimator
+from ._storage import RecordStore
+from .certs import Certificate, GridInfo
+from .identity import ID_SIZE, KeyPair
+from .records import SignedRecord
 
 logger = logging.getLogger("gridnode.dht")
+
+Address = tuple[str, int]
+RECORDS_BUDGET = MAX_DATAGRAM - 2048  # room left for the envelope and neighbours
+MAX_PAGES = 64
+VERIFY_QUEUE = 256
+COUNTERS = (
+    "datagrams_refused",  # malformed, unauthenticated, stale or replayed
+    "requests_refused",  # authenticated, but an unknown method or bad arguments
+    "records_refused",  # records in answers that failed validation
+    "contacts_refused",  # malformed contacts in answers
+    "late_replies",  # a reply to no outstanding request
+    "replies_from_wrong_address",  # a reply from elsewhere than the request went
+    "retries_sent",  # answers withheld from unproved addresses
+    "calls_failed",
+    "contacts_evicted",
+    "socket_errors",
+)
 
 
 @dataclass(frozen=True)
@@ -33,147 +81,484 @@ class Contact:
     node_id: bytes
     host: str
     port: int
-    last_seen: float  # wall-clock seconds, 0.0 if never heard from directly
+    last_seen: float  # wall-clock seconds of the last authenticated message, 0.0 if none
 
 
-class _Protocol(KademliaProtocol):
-    """KademliaProtocol that remembers when each contact was last heard from
-    and never lets a bad datagram or a late reply raise out of its tasks
-    (under trio-asyncio an unretrieved task exception would stop the node).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.last_seen: dict[bytes, float] = {}
-        self.counters = {"datagrams_refused": 0, "late_replies": 0}
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        asyncio.ensure_future(self._solve_datagram_safely(data, addr))
-
-    async def _solve_datagram_safely(self, data: bytes, addr: Any) -> None:
-        # rpcudp drops these two kinds silently; we count them as refused.
-        if len(data) < 22 or data[:1] not in (b"\x00", b"\x01"):
-            self._refuse(addr, ValueError("too short or of unknown type"))
-            return
-        try:
-            await self._solve_datagram(data, addr)
-        except Exception as exc:  # a peer's garbage: count it, keep serving
-            self._refuse(addr, exc)
-
-    async def _accept_request(self, msg_id: bytes, data: Any, address: Any) -> None:
-        try:
-            await super()._accept_request(msg_id, data, address)
-        except Exception as exc:
-            self._refuse(address, exc)
-
-    def _refuse(self, addr: Any, exc: Exception) -> None:
-        self.counters["datagrams_refused"] += 1
-        logger.debug("refused datagram from %s: %r", addr, exc)
-
-    def _accept_response(self, msg_id: bytes, data: Any, address: Any) -> None:
-        entry = self._outstanding.pop(msg_id, None)
-        if entry is None:
-            self.counters["late_replies"] += 1
-            return
-        future, timeout = entry
-        timeout.cancel()
-        if not future.done():  # the caller may have been cancelled meanwhile
-            future.set_result((True, data))
-
-    def _timeout(self, msg_id: bytes) -> None:
-        entry = self._outstanding.pop(msg_id, None)
-        if entry is not None and not entry[0].done():
-            entry[0].set_result((False, None))
-
-    def welcome_if_new(self, node: Node) -> None:
-        self.last_seen[node.id] = time.time()
-        super().welcome_if_new(node)
-
-    def handle_call_response(self, result: Any, node: Node) -> Any:
-        if not result[0]:
-            self.last_seen.pop(node.id, None)
-        return super().handle_call_response(result, node)
+@dataclass
+class LookupResult:
+    nodes: list[Node]
+    records: list[SignedRecord] = field(default_factory=list)
+    hops: int = 0
+    queried: int = 0
+    failed: int = 0
 
 
-class _Server(Server):
-    protocol_class = _Protocol
+@dataclass
+class _Call:
+    addr: Address
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: Response | Retry | None = None
 
-    def refresh_table(self, interval: int = 3600) -> None:
-        # Refresh is driven by GridDht.refresh() from a trio task instead.
-        return None
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class GridDht:
-    """One node's membership in the DHT."""
+    """One node's membership in the grid's DHT."""
 
-    def __init__(self, node_id: bytes, *, ksize: int = 20, alpha: int = 3) -> None:
-        self.node_id = node_id
-        self._server = _Server(ksize=ksize, alpha=alpha, node_id=node_id)
-        self.address: tuple[str, int] | None = None
+    def __init__(self, key: KeyPair, cert: Certificate, grid: GridInfo, *, ksize: int = 20,
+                 alpha: int = 3, store: RecordStore | None = None) -> None:
+        self.key = key
+        self.cert = cert
+        self.grid = grid
+        self.node_id = key.id
+        self.ksize = ksize
+        self.alpha = alpha
+        self.node = Node(key.id)
+        self.router = RoutingTable(ksize, self.node)
+        self.checker = DatagramChecker(grid)
+        self.book = AddressBook()
+        self.rtt = RttEstimator()
+        self.store = store or RecordStore(grid)
+        self.revoked: frozenset[bytes] = frozenset()
+        self.address: Address | None = None
+        self.counters: Counter[str] = Counter({name: 0 for name in COUNTERS})
+        self.last_seen: dict[bytes, float] = {}
+        self._sock: trio.socket.SocketType | None = None
+        self._calls: dict[bytes, _Call] = {}
+        self._to_verify: OrderedDict[bytes, Address] = OrderedDict()
+        self._handlers: dict[str, Callable[[Request, Address], Any]] = {
+            "ping": self._rpc_ping,
+            "find_node": self._rpc_find_node,
+            "find_value": self._rpc_find_value,
+            "store": self._rpc_store,
+        }
 
-    async def listen(self, host: str, port: int) -> tuple[str, int]:
-        """Bind the UDP socket; returns the bound (host, port). Raises OSError."""
-        await trio_asyncio.aio_as_trio(self._server.listen)(port, host)
-        sockname = self._server.transport.get_extra_info("sockname")
-        self.address = (sockname[0], sockname[1])
+    # -- lifecycle -----------------------------------------------------------
+
+    async def bind(self, host: str, port: int) -> Address:
+        """Bind the UDP socket; OSError if it cannot be had."""
+        family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+        sock = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
+        try:
+            await sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        name = sock.getsockname()
+        self.address = (name[0], name[1])
         return self.address
 
-    def close(self) -> None:
-        self._server.stop()
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Serve on the bound socket until cancelled; closes it on the way out."""
+        sock = self._sock
+        if sock is None:
+            raise RuntimeError("bind() before serve()")
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_loop)
+                nursery.start_soon(self._verify_loop)
+                task_status.started()
+        finally:
+            sock.close()
+            self._sock = None
+            for call in self._calls.values():
+                call.done.set()
 
-    async def bootstrap(self, addrs: list[tuple[str, int]]) -> int:
-        """Ping ``addrs`` and look up our own id; returns how many nodes answered."""
+    # -- the door: receive and dispatch ----------------------------------------
+
+    async def _receive_loop(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                data, addr = await self._sock.recvfrom(MAX_DATAGRAM + 1)
+            except OSError as exc:  # e.g. an ICMP error surfacing on some kernels
+                self.counters["socket_errors"] += 1
+                logger.debug("recvfrom failed: %r", exc)
+                continue
+            await self._handle_datagram(data, (addr[0], addr[1]))
+
+    async def _handle_datagram(self, data: bytes, addr: Address) -> None:
+        try:
+            msg = self.checker.decode_untrusted(data, _now_ms())
+        except BadMessage as exc:
+            self.counters["datagrams_refused"] += 1
+            logger.debug("refused datagram from %s: %s", addr, exc)
+            return
+        if isinstance(msg, Request):
+            await self._serve_request(msg, addr)
+            return
+        call = self._calls.get(msg.msg_id)
+        if call is None:
+            self.counters["late_replies"] += 1
+            return
+        if call.addr != addr:
+            # Replies count only from the address the request went to.
+            self.counters["replies_from_wrong_address"] += 1
+            return
+        call.reply = msg
+        call.done.set()
+
+    async def _serve_request(self, req: Request, addr: Address) -> None:
+        handler = self._handlers.get(req.method)
+        if handler is None:
+            self.counters["requests_refused"] += 1
+            return
+        try:
+            result = handler(req, addr)
+        except BadMessage as exc:
+            self.counters["requests_refused"] += 1
+            logger.debug("refused %s from %s: %s", req.method, addr, exc)
+            return
+        now = time.monotonic()
+        if req.cookie and self.book.cookie_valid(addr, req.cookie, now):
+            self.book.prove(addr, now)
+        proved = self.book.is_proved(addr, now)
+        reply = encode_response(self.key.signing_key, self.cert, req.msg_id, _now_ms(), result)
+        if not proved and len(reply) > req.size:
+            # Never send an unproved address more than it sent us.
+            reply = encode_retry(req.msg_id, self.book.cookie(addr, now))
+            self.counters["retries_sent"] += 1
+        await self._send(reply, addr)
+        self._note_seen(req.sender, addr, proved)
+
+    def _note_seen(self, node_id: bytes, addr: Address, proved: bool) -> None:
+        self.last_seen[node_id] = time.time()
+        if self.router.get(node_id) is not None or node_id in self.revoked:
+            return
+        if proved:
+            self.router.add_contact(Node(node_id, addr[0], addr[1]))
+        elif node_id not in self._to_verify:
+            # A new sender enters the routing table only once it has answered
+            # us at that address: a spoofed source address never does.
+            self._to_verify[node_id] = addr
+            while len(self._to_verify) > VERIFY_QUEUE:
+                self._to_verify.popitem(last=False)
+
+    async def _send(self, data: bytes, addr: Address) -> bool:
+        if self._sock is None:
+            return False
+        try:
+            await self._sock.sendto(data, addr)
+            return True
+        except OSError as exc:
+            self.counters["socket_errors"] += 1
+            logger.debug("sendto %s failed: %r", addr, exc)
+            return False
+
+    # -- RPC client --------------------------------------------------------------
+
+    async def call(self, addr: Address, method: str, args: list[Any], *,
+                   expect_id: bytes | None = None) -> tuple[bytes, Any] | None:
+        """Ask ``addr``; return (responder id, result), or None on failure or timeout."""
+        cookie = b""
+        for _attempt in range(2):
+            msg_id = new_msg_id()
+            data = encode_request(self.key.signing_key, self.cert, msg_id, _now_ms(), method,
+                                  args, cookie)
+            call = self._calls[msg_id] = _Call(addr)
+            started = time.monotonic()
+            try:
+                if not await self._send(data, addr):
+                    break
+                with trio.move_on_after(self.rtt.timeout(addr)):
+                    await call.done.wait()
+            finally:
+                del self._calls[msg_id]
+            reply = call.reply
+            if isinstance(reply, Retry):
+                cookie = reply.cookie
+                continue
+            if reply is None:
+                break
+            self.rtt.observe(addr, time.monotonic() - started)
+            if expect_id is not None and reply.sender != expect_id:
+                # Someone else lives there now: forget the old contact.
+                self._forget(expect_id)
+            self.book.prove(addr, time.monotonic())
+            self.last_seen[reply.sender] = time.time()
+            if reply.sender not in self.revoked:
+                self.router.add_contact(Node(reply.sender, addr[0], addr[1]))
+            return reply.sender, reply.result
+        self.counters["calls_failed"] += 1
+        if expect_id is not None:
+            if self.router.note_failure(expect_id):
+                self.counters["contacts_evicted"] += 1
+        return None
+
+    def _forget(self, node_id: bytes) -> None:
+        contact = self.router.get(node_id)
+        if contact is not None:
+            self.router.remove_contact(contact)
+
+    async def ping(self, addr: Address, expect_id: bytes | None = None) -> bytes | None:
+        reply = await self.call(addr, "ping", [], expect_id=expect_id)
+        return reply[0] if reply else None
+
+    # -- handlers (sync: they only read and write memory) -----------------------------
+
+    def _rpc_ping(self, req: Request, addr: Address) -> list[Any]:
+        return []
+
+    def _neighbours(self, target: bytes, exclude: bytes) -> list[list[Any]]:
+        nodes = self.router.find_neighbors(Node(target), self.ksize)
+        return [[n.id, n.ip, n.port] for n in nodes if n.id != exclude]
+
+    def _rpc_find_node(self, req: Request, addr: Address) -> list[list[Any]]:
+        (target,) = _args(req, 1)
+        _check_id(target)
+        return self._neighbours(target, req.sender)
+
+    def _rpc_find_value(self, req: Request, addr: Address) -> dict[str, Any]:
+        key, after = _args(req, 2)
+        _check_id(key)
+        if not (isinstance(after, bytes) and len(after) in (0, ID_SIZE)):
+            raise BadMessage("bad cursor")
+        records = sorted(self.store.get(key, time.time(), self.revoked), key=lambda r: r.signer)
+        page: list[bytes] = []
+        used = 0
+        more = False
+        for rec in records:
+            if after and rec.signer <= after:
+                continue
+            if used + len(rec.raw) > RECORDS_BUDGET:
+                more = True
+                break
+            page.append(rec.raw)
+            used += len(rec.raw)
+        nodes = self._neighbours(key, req.sender) if not after else []
+        return {"records": page, "more": more, "nodes": nodes}
+
+    def _rpc_store(self, req: Request, addr: Address) -> str:
+        (raw,) = _args(req, 1)
+        return self.store.put_untrusted(raw, time.time(), self.revoked)
+
+    # -- lookups ---------------------------------------------------------------
+
+    async def lookup(self, target: bytes, *, find_value: bool = False) -> LookupResult:
+        """Iterative lookup of the k nodes closest to ``target`` (and their records)."""
+        goal = Node(target)
+        heap = NodeHeap(goal, self.ksize)
+        start = self.router.find_neighbors(goal, self.ksize)
+        heap.push(start)
+        depth = {n.id: 1 for n in start}
+        responded: set[bytes] = set()
+        records: dict[bytes, SignedRecord] = {}
+        result = LookupResult(nodes=[])
+        send, receive = trio.open_memory_channel[tuple[Node, Any]](math.inf)
+        in_flight = 0
+
+        async def query(contact: Node) -> None:
+            addr = (contact.ip, contact.port)
+            if not find_value:
+                reply = await self.call(addr, "find_node", [target], expect_id=contact.id)
+                await send.send((contact, None if reply is None else reply[1]))
+                return
+            merged: dict[str, Any] | None = None
+            after = b""
+            for _page in range(MAX_PAGES):
+                reply = await self.call(addr, "find_value", [target, after],
+                                        expect_id=contact.id)
+                if reply is None or not isinstance(reply[1], dict):
+                    break
+                page = reply[1]
+                if merged is None:
+                    merged = {"nodes": page.get("nodes"), "records": []}
+                got = page.get("records")
+                if isinstance(got, list):
+                    merged["records"] += got
+                if page.get("more") is not True or not isinstance(got, list) or not got:
+                    break
+                last = got[-1]
+                try:
+                    after = SignedRecord.from_bytes_untrusted(
+                        last, self.grid, time.time(), revoked=self.revoked).signer
+                except BadMessage:
+                    break
+            await send.send((contact, merged))
+
+        async with send, receive, trio.open_nursery() as nursery:
+            while True:
+                candidates = [n for n in heap if n.id not in heap.contacted]
+                while candidates and in_flight < self.alpha:
+                    contact = candidates.pop(0)
+                    heap.mark_contacted(contact)
+                    nursery.start_soon(query, contact)
+                    in_flight += 1
+                    result.queried += 1
+                if in_flight == 0:
+                    break
+                contact, answer = await receive.receive()
+                in_flight -= 1
+                if answer is None:
+                    result.failed += 1
+                    heap.remove([contact.id])
+                    continue
+                responded.add(contact.id)
+                nodes = answer.get("nodes") if isinstance(answer, dict) else answer
+                found = self._parse_nodes(nodes)
+                for n in found:
+                    depth.setdefault(n.id, depth[contact.id] + 1)
+                heap.push(found)
+                if find_value and isinstance(answer, dict):
+                    self._merge_records(target, answer.get("records"), records)
+            nursery.cancel_scope.cancel()
+        result.nodes = [n for n in heap if n.id in responded]
+        result.records = list(records.values())
+        result.hops = min((depth[n.id] for n in result.nodes), default=0)
+        return result
+
+    def _parse_nodes(self, nodes: Any) -> list[Node]:
+        """Contacts from a peer's answer: checked, bounded, never ourselves."""
+        if not isinstance(nodes, list):
+            return []
+        out = []
+        for entry in nodes[: 2 * self.ksize]:
+            if not (isinstance(entry, list) and len(entry) == 3):
+                self.counters["contacts_refused"] += 1
+                continue
+            node_id, ip, port = entry
+            if not (isinstance(node_id, bytes) and len(node_id) == ID_SIZE
+                    and isinstance(ip, str) and len(ip) < 64
+                    and isinstance(port, int) and 0 < port < 65536):
+                self.counters["contacts_refused"] += 1
+                continue
+            if node_id == self.node_id or node_id in self.revoked:
+                continue
+            out.append(Node(node_id, ip, port))
+        return out
+
+    def _merge_records(self, key: bytes, raws: Any, records: dict[bytes, SignedRecord]) -> None:
+        if not isinstance(raws, list):
+            return
+        now = time.time()
+        for raw in raws:
+            try:
+                rec = SignedRecord.from_bytes_untrusted(raw, self.grid, now, revoked=self.revoked)
+                if rec.key != key:
+                    raise BadMessage("record for another key")
+            except BadMessage as exc:
+                # Dropped on read, counted: get() never returns it.
+                self.counters["records_refused"] += 1
+                logger.debug("refused record for %s: %s", key.hex(), exc)
+                continue
+            old = records.get(rec.signer)
+            if old is None or rec.seq > old.seq:
+                records[rec.signer] = rec
+
+    # -- the public operations -----------------------------------------------------
+
+    async def bootstrap(self, addrs: list[Address]) -> int:
+        """Ping ``addrs``, then look up our own id; returns how many answered."""
         addrs = [a for a in addrs if a != self.address]
-        if not addrs:
-            return 0
-        found = await trio_asyncio.aio_as_trio(self._server.bootstrap)(addrs)
-        return len(found)
+        answered = 0
+
+        async def one(addr: Address) -> None:
+            nonlocal answered
+            if await self.ping(addr) is not None:
+                answered += 1
+
+        async with trio.open_nursery() as nursery:
+            for addr in addrs:
+                nursery.start_soon(one, addr)
+        if answered:
+            await self.lookup(self.node_id)
+        return answered
 
     async def refresh(self) -> None:
-        """Refresh lonely buckets and look up our own id and one random id.
+        """Look up our own id and a random one; ask stale bucket heads; purge the store."""
+        for target in (self.node_id, os.urandom(ID_SIZE)):
+            await self.lookup(target)
+        heads = list(self.router.to_ping.values())
+        self.router.to_ping.clear()
+        async with trio.open_nursery() as nursery:
+            for head in heads:
+                nursery.start_soon(self._ping_head, head)
+        self.store.purge(time.time(), self.revoked)
 
-        The random lookup widens what a node knows beyond its own
-        neighbourhood, so a small grid converges on full membership.
-        """
-        server = self._server
-        if server.protocol is None:
-            return
-        await trio_asyncio.aio_as_trio(server._refresh_table)()
-        for target in (self.node_id, os.urandom(20)):
-            await self._lookup(target)
+    async def _ping_head(self, head: Node) -> None:
+        if await self.ping((head.ip, head.port), expect_id=head.id) is None:
+            self._forget(head.id)  # a full bucket's silent head makes room at once
+            self.counters["contacts_evicted"] += 1
 
-    async def _lookup(self, target: bytes) -> None:
-        server = self._server
-        node = Node(target)
-        nearest = server.protocol.router.find_neighbors(node, server.alpha)
-        if not nearest:
-            return
-        spider = NodeSpiderCrawl(server.protocol, node, nearest, server.ksize, server.alpha)
-        await trio_asyncio.aio_as_trio(spider.find)()
+    async def _verify_loop(self) -> None:
+        """Ping new senders so that they can enter the routing table."""
+        while True:
+            batch: list[tuple[bytes, Address]] = []
+            while self._to_verify and len(batch) < 16:
+                batch.append(self._to_verify.popitem(last=False))
+            if batch:
+                async with trio.open_nursery() as nursery:
+                    for node_id, addr in batch:
+                        nursery.start_soon(self.ping, addr, node_id)
+            await trio.sleep(0.2)
 
-    async def get(self, key: bytes) -> Any:
-        return await trio_asyncio.aio_as_trio(self._server.get)(key)
+    async def get(self, key: bytes) -> list[SignedRecord]:
+        """The union of fresh, valid records under ``key`` from the k closest nodes."""
+        result = await self.lookup(key, find_value=True)
+        records = {r.signer: r for r in result.records}
+        for rec in self.store.get(key, time.time(), self.revoked):
+            if rec.signer not in records or rec.seq > records[rec.signer].seq:
+                records[rec.signer] = rec
+        return list(records.values())
 
-    async def set(self, key: bytes, value: bytes) -> bool:
-        return bool(await trio_asyncio.aio_as_trio(self._server.set)(key, value))
+    async def put(self, record: SignedRecord) -> int:
+        """Store ``record`` on the k nodes closest to its key; returns how many took it."""
+        result = await self.lookup(record.key)
+        stored = 0
+        farthest = max((goal_distance(n, record.key) for n in result.nodes), default=None)
+        if farthest is None or goal_distance(self.node, record.key) < farthest or \
+                len(result.nodes) < self.ksize:
+            self.store.put(record)
+
+        async def one(n: Node) -> None:
+            nonlocal stored
+            reply = await self.call((n.ip, n.port), "store", [record.raw], expect_id=n.id)
+            if reply is not None and reply[1] in ("stored", "replaced", "same"):
+                stored += 1
+
+        async with trio.open_nursery() as nursery:
+            for n in result.nodes:
+                nursery.start_soon(one, n)
+        return stored
+
+    def set_revoked(self, revoked: frozenset[bytes]) -> None:
+        """Adopt a revocation list: drop those contacts, their records and datagrams."""
+        self.revoked = revoked
+        self.checker.set_revoked(revoked)
+        for node_id in revoked:
+            self._forget(node_id)
+            self._to_verify.pop(node_id, None)
+        self.store.purge(time.time(), revoked)
 
     def contacts(self) -> list[Contact]:
-        """Every contact in the routing table."""
-        protocol = self._server.protocol
-        if protocol is None:
-            return []
-        seen = protocol.last_seen
-        return [
-            Contact(n.id, n.ip, n.port, seen.get(n.id, 0.0))
-            for bucket in protocol.router.buckets
-            for n in bucket.get_nodes()
-        ]
+        return [Contact(n.id, n.ip, n.port, self.last_seen.get(n.id, 0.0))
+                for n in self.router.contacts()]
 
     def statistics(self) -> dict[str, int]:
-        protocol = self._server.protocol
         return {
-            **(protocol.counters if protocol else {}),
-            "contacts": len(self.contacts()),
-            "records_held": len(list(self._server.storage)),
-            "buckets": len(protocol.router.buckets) if protocol else 0,
+            **{f"store_{k}": v for k, v in self.store.counters.items()},
+            **self.counters,
+            "contacts": len(self.router),
+            "records_held": len(self.store),
+            "buckets": len(self.router.buckets),
         }
+
+
+def goal_distance(node: Node, key: bytes) -> int:
+    return node.long_id ^ int.from_bytes(key, "big")
+
+
+def _args(req: Request, n: int) -> list[Any]:
+    if len(req.args) != n:
+        raise BadMessage(f"{req.method} takes {n} arguments, got {len(req.args)}")
+    return req.args
+
+
+def _check_id(x: Any) -> None:
+    if not (isinstance(x, bytes) and len(x) == ID_SIZE):
+        raise BadMessage("ids and keys are 20 bytes")
+

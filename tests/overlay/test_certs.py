@@ -1,4 +1,4 @@
-"""Signed envelopes: grid info, certificates, join requests, revocation lists.
+"""Signed envelopes: grid info, certificates, join requests, revocation lists, DHT records.
 
 Every decoder is "one door for untrusted bytes": it returns a checked object
 or raises BadMessage, and a single flipped byte anywhere in a signed blob
@@ -42,7 +42,18 @@ from overlay.certs import (
     REVOCATIONS_TAG,
     VERSION,
 )
-from overlay.records import CAPACITY_KEYS, NODE_RECORD_TAG
+from overlay.records import (
+    CAPACITY_KEYS,
+    MAX_PROVIDER_VALUE,
+    MAX_RECORD,
+    MAX_RECORD_TTL,
+    RECORD_TAG,
+    REVOCATIONS_KEY,
+    SignedRecord,
+    node_record_key,
+    provider_key,
+)
+from overlay.records import KINDS as RECORD_KINDS
 from tests.overlay.common import NOW, SETTINGS, fixed_key
 
 AUTH = fixed_key(1)
@@ -67,8 +78,11 @@ REVS = RevocationList.issue(AUTH, 3, NOW, frozenset({NODE2.id, USER.id}))
 RECORD = NodeRecord.create(NODE, CERT, addresses=("tcp://10.0.0.3:7000",), roles=("queue",),
                            capacity={"cores": 8, "memory_mb": 16_000}, seq=1,
                            expires=NOW + 3600)
+REVS_RECORD = SignedRecord.create(NODE, CERT, key=REVOCATIONS_KEY, kind="revocations", seq=1,
+                                  expires=NOW + 3600, value=REVS.raw)
+NODE_VALUE = packb([["tcp://h:1"], ["queue"], {"cores": 2}])
 
-ALL_TAGS = (GRID_INFO_TAG, CERT_TAG, JOIN_REQUEST_TAG, REVOCATIONS_TAG, NODE_RECORD_TAG)
+ALL_TAGS = (GRID_INFO_TAG, CERT_TAG, JOIN_REQUEST_TAG, REVOCATIONS_TAG, RECORD_TAG)
 
 
 # -- invariants of whatever a decoder returns ----------------------------------------
@@ -131,8 +145,30 @@ def _check_invariants(obj: object, data: bytes) -> None:
         assert set(obj.capacity) <= set(CAPACITY_KEYS)
         assert all(_is_uint63(v) for v in obj.capacity.values())
         assert _is_uint63(obj.seq) and _is_uint63(obj.expires)
-        assert obj.expires >= NOW
+        assert NOW <= obj.expires <= NOW + MAX_RECORD_TTL + 300
         assert obj.raw == data
+    elif isinstance(obj, SignedRecord):
+        assert isinstance(obj.key, bytes) and len(obj.key) == 20
+        assert obj.kind in RECORD_KINDS
+        assert obj.cert.kind == "node"
+        assert obj.cert.issuer_key == GRID.authority_key
+        check_certificate(obj.cert, GRID, NOW, kind="node")
+        # Signed by the key its certificate names.
+        body, sig = msgpack.unpackb(data)
+        nacl.signing.VerifyKey(obj.cert.subject_key).verify(body, sig)
+        assert obj.signer == obj.cert.subject_id
+        assert _is_uint63(obj.seq) and _is_uint63(obj.expires)
+        assert NOW <= obj.expires <= NOW + MAX_RECORD_TTL + 300
+        assert isinstance(obj.value, bytes)
+        assert obj.raw == data and len(data) <= MAX_RECORD
+        if obj.kind == "node":
+            assert obj.key == node_record_key(obj.signer)
+            _check_invariants(NodeRecord.from_signed(obj), data)
+        elif obj.kind == "provider":
+            assert len(obj.value) <= MAX_PROVIDER_VALUE
+        else:
+            assert obj.key == REVOCATIONS_KEY
+            _check_invariants(RevocationList.from_bytes_untrusted(obj.value, GRID), obj.value)
     else:  # pragma: no cover - a decoder returned something unexpected
         raise AssertionError(f"unexpected decoded object {obj!r}")
 
@@ -150,6 +186,7 @@ DECODERS: dict[str, Callable[[bytes], object]] = {
     "join-request": JoinRequest.from_bytes_untrusted,
     "revocation-list": lambda d: RevocationList.from_bytes_untrusted(d, GRID),
     "node-record": lambda d: NodeRecord.from_bytes_untrusted(d, GRID, NOW),
+    "signed-record": lambda d: SignedRecord.from_bytes_untrusted(d, GRID, NOW),
     "unpackb": unpackb_untrusted,
 }
 
@@ -216,6 +253,9 @@ _near_misses = st.sampled_from([
     "node", "user", "admin", b"node", ["x" * 255], ["x" * 256], ["a"] * 65, [""],
     GRID.grid_id, OTHER_GRID.grid_id, AUTH.public_key, NODE.public_key, NODE2.public_key,
     CERT.raw, USER_CERT.raw, OTHER_GRID_CERT.raw, NODE.id,
+    *RECORD_KINDS, node_record_key(NODE.id), node_record_key(NODE2.id), REVOCATIONS_KEY,
+    provider_key("role", "queue"), NODE_VALUE, REVS.raw, b"x" * (MAX_PROVIDER_VALUE + 1),
+    NOW + MAX_RECORD_TTL + 300, NOW + MAX_RECORD_TTL + 301,
 ])
 
 junk = st.one_of(msgpack_values, _near_misses)
@@ -362,6 +402,8 @@ FLIP_TARGETS: dict[str, tuple[bytes, Callable[[bytes], object]]] = {
     "join-request": (JOIN.raw, JoinRequest.from_bytes_untrusted),
     "revocation-list": (REVS.raw, lambda d: RevocationList.from_bytes_untrusted(d, GRID)),
     "node-record": (RECORD.raw, lambda d: NodeRecord.from_bytes_untrusted(d, GRID, NOW)),
+    "revocations-record": (REVS_RECORD.raw,
+                           lambda d: SignedRecord.from_bytes_untrusted(d, GRID, NOW)),
 }
 
 
@@ -457,12 +499,12 @@ def test_decoders_on_envelope_shapes(tag: Any, fields: list[Any], sig: Any,
 
 
 @SETTINGS
-@given(which=st.sampled_from(["cert", "grid", "join", "revs", "record"]),
+@given(which=st.sampled_from(["cert", "grid", "join", "revs", "record", "revs-record"]),
        prefix_len=st.integers(0, 600), tail=st.binary(max_size=64))
 def test_decoders_on_valid_prefix_plus_garbage(which: str, prefix_len: int,
                                                tail: bytes) -> None:
     raw = {"cert": CERT.raw, "grid": GRID.raw, "join": JOIN.raw, "revs": REVS.raw,
-           "record": RECORD.raw}[which]
+           "record": RECORD.raw, "revs-record": REVS_RECORD.raw}[which]
     _all_decoders(raw[:prefix_len] + tail)
 
 
@@ -471,10 +513,11 @@ def test_decoders_on_valid_prefix_plus_garbage(which: str, prefix_len: int,
 
 def _signed_fields_strategy(tag: bytes, key: KeyPair,
                             good: list[Any]) -> st.SearchStrategy[bytes]:
+    """Good fields, mostly; an entry of ``good`` may itself be a strategy."""
     return st.tuples(
         st.sampled_from([True] * 9 + [False]).flatmap(
             lambda ok: st.just(VERSION) if ok else _field_junk),
-        *[mostly(g) for g in good],
+        *[g if isinstance(g, st.SearchStrategy) else mostly(g) for g in good],
         st.sampled_from(["keep"] * 18 + ["drop", "add"]),
     ).map(lambda t: seal(tag, _resize(list(t[:-1]), t[-1]), key.signing_key))
 
@@ -499,8 +542,12 @@ SIGNED_SHAPES: dict[str, tuple[str, st.SearchStrategy[bytes]]] = {
     "revocation-list": ("revocation-list", _signed_fields_strategy(
         REVOCATIONS_TAG, AUTH, [GRID.grid_id, 1, NOW, [NODE2.id]])),
     "node-record": ("node-record", _signed_fields_strategy(
-        NODE_RECORD_TAG, NODE, [NODE.id, NODE.public_key, CERT.raw, ["tcp://h:1"],
-                                ["queue"], {"cores": 2}, 1, NOW + 10])),
+        RECORD_TAG, NODE, [node_record_key(NODE.id), "node", CERT.raw, 1, NOW + 10,
+                           # the value's own fields, mostly right
+                           st.one_of(mostly(NODE_VALUE), st.tuples(
+                               mostly(["tcp://h:1"]), mostly(["queue"]), mostly({"cores": 2}),
+                           ).map(lambda t: packb(list(t))))])),
+    # (provider and revocations records: test_records.test_signed_records_with_wrong_fields)
 }
 
 
@@ -526,9 +573,8 @@ def test_signed_shape_control_decodes(shape: str) -> None:
                                                 "site", ["queue"], NOW], NODE.signing_key),
         "revocation-list": seal(REVOCATIONS_TAG, [VERSION, GRID.grid_id, 1, NOW, [NODE2.id]],
                                 AUTH.signing_key),
-        "node-record": seal(NODE_RECORD_TAG, [VERSION, NODE.id, NODE.public_key, CERT.raw,
-                                              ["tcp://h:1"], ["queue"], {"cores": 2}, 1,
-                                              NOW + 10], NODE.signing_key),
+        "node-record": seal(RECORD_TAG, [VERSION, node_record_key(NODE.id), "node", CERT.raw,
+                                         1, NOW + 10, NODE_VALUE], NODE.signing_key),
     }[shape]
     obj = DECODERS[decoder](good)
     _check_invariants(obj, good)
@@ -574,6 +620,24 @@ def test_signed_shape_control_decodes(shape: str) -> None:
                                                    [NODE.id[:19]]], AUTH.signing_key)),
         ("revocation-list", seal(REVOCATIONS_TAG, [VERSION, GRID.grid_id, 1, NOW,
                                                    NODE.id], AUTH.signing_key)),
+        ("signed-record", seal(RECORD_TAG, [VERSION, node_record_key(NODE.id), "node",
+                                            CERT.raw, 1, NOW + 10, packb([[], [], {}])[:-1]],
+                               NODE.signing_key)),
+        ("signed-record", seal(RECORD_TAG, [VERSION, node_record_key(NODE.id), "admin",
+                                            CERT.raw, 1, NOW + 10, b""], NODE.signing_key)),
+        ("signed-record", seal(RECORD_TAG, [VERSION, REVOCATIONS_KEY, "revocations", CERT.raw,
+                                            1, NOW + 10, CERT.raw], NODE.signing_key)),
+        ("signed-record", seal(RECORD_TAG, [VERSION, REVOCATIONS_KEY, "provider", CERT.raw,
+                                            1, NOW + 10, b"x" * (MAX_PROVIDER_VALUE + 1)],
+                               NODE.signing_key)),
+        ("signed-record", seal(RECORD_TAG, [VERSION, REVOCATIONS_KEY, "provider", USER_CERT.raw,
+                                            1, NOW + 10, b""], USER.signing_key)),
+        ("node-record", seal(RECORD_TAG, [VERSION, node_record_key(NODE.id), "node", CERT.raw,
+                                          1, NOW + 10, packb([[], ["catalog"], {}])],
+                             NODE.signing_key)),
+        ("node-record", seal(RECORD_TAG, [VERSION, node_record_key(NODE2.id), "node",
+                                          CERT.raw, 1, NOW + 10, NODE_VALUE],
+                             NODE.signing_key)),
     ],
 )
 def test_properly_signed_but_malformed_is_refused(decoder: str, raw: bytes) -> None:
@@ -787,7 +851,7 @@ def test_certificate_relabelled_as_join_request_is_refused() -> None:
 
 
 @pytest.mark.parametrize("decoder", ["grid-info", "join-request", "revocation-list",
-                                     "node-record"])
+                                     "node-record", "signed-record"])
 def test_certificate_is_not_any_other_kind(decoder: str) -> None:
     with pytest.raises(BadMessage, match="domain tag"):
         DECODERS[decoder](CERT.raw)
@@ -803,9 +867,8 @@ VALID_FIELDS: dict[bytes, tuple[list[Any], KeyPair, Callable[[bytes], object]]] 
                        JoinRequest.from_bytes_untrusted),
     REVOCATIONS_TAG: ([VERSION, GRID.grid_id, 1, NOW, []], AUTH,
                       lambda d: RevocationList.from_bytes_untrusted(d, GRID)),
-    NODE_RECORD_TAG: ([VERSION, NODE.id, NODE.public_key, CERT.raw, [], ["queue"], {}, 1,
-                       NOW + 10], NODE,
-                      lambda d: NodeRecord.from_bytes_untrusted(d, GRID, NOW)),
+    RECORD_TAG: ([VERSION, node_record_key(NODE.id), "node", CERT.raw, 1, NOW + 10,
+                  NODE_VALUE], NODE, lambda d: NodeRecord.from_bytes_untrusted(d, GRID, NOW)),
 }
 
 

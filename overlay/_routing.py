@@ -1,0 +1,131 @@
+"""Routing table and round-trip timing for the DHT (pure cores).
+
+The routing table is the ``kademlia`` package's (k-buckets, replacement
+caches, splitting rules), with two changes that make it safe to drive from
+trio and robust under churn:
+
+- when a full bucket cannot split, the stock table pings the bucket's
+  oldest contact with a stray asyncio task; ours queues that contact in
+  ``to_ping`` for the node's own maintenance task;
+- a contact at an ``ip:port`` that re-joins with a new id replaces the old
+  entry, which would otherwise linger until it failed twice.
+
+Contacts that fail their RPCs are removed after ``FAILURES_TO_EVICT``
+consecutive failures; the bucket's replacement cache refills it (the stock
+``KBucket.remove_node`` promotes the newest replacement).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from kademlia.node import Node
+from kademlia.routing import RoutingTable as _StockRoutingTable
+
+FAILURES_TO_EVICT = 2
+
+
+class RoutingTable(_StockRoutingTable):
+    def __init__(self, ksize: int, node: Node) -> None:
+        super().__init__(None, ksize, node)
+        self.to_ping: OrderedDict[bytes, Node] = OrderedDict()
+        self._by_address: dict[tuple[str, int], bytes] = {}
+        self._failures: dict[bytes, int] = {}
+
+    def add_contact(self, node: Node) -> None:
+        if node.id == self.node.id:
+            return
+        addr = (node.ip, node.port)
+        old_id = self._by_address.get(addr)
+        if old_id is not None and old_id != node.id:
+            self.remove_contact(Node(old_id, node.ip, node.port))
+        self._by_address[addr] = node.id
+        self._failures.pop(node.id, None)
+        index = self.get_bucket_for(node)
+        bucket = self.buckets[index]
+        if bucket.add_node(node):
+            return
+        if bucket.has_in_range(self.node) or bucket.depth() % 5 != 0:
+            self.split_bucket(index)
+            self.add_contact(node)
+            return
+        # Full: the newcomer waits in the replacement cache while the oldest
+        # contact is asked whether it is still there.
+        head = bucket.head()
+        self.to_ping[head.id] = head
+        while len(self.to_ping) > self.ksize * 4:
+            self.to_ping.popitem(last=False)
+
+    def remove_contact(self, node: Node) -> None:
+        index = self.get_bucket_for(node)
+        bucket = self.buckets[index]
+        current = bucket.nodes.get(node.id) or bucket.replacement_nodes.get(node.id)
+        if current is not None and self._by_address.get((current.ip, current.port)) == node.id:
+            del self._by_address[(current.ip, current.port)]
+        self._failures.pop(node.id, None)
+        self.to_ping.pop(node.id, None)
+        bucket.remove_node(node)
+
+    def note_failure(self, node_id: bytes) -> bool:
+        """Count a failed RPC; evict after repeated failures. True if evicted."""
+        contact = self.get(node_id)
+        if contact is None:
+            return False
+        failures = self._failures.get(node_id, 0) + 1
+        if failures >= FAILURES_TO_EVICT:
+            self.remove_contact(contact)
+            return True
+        self._failures[node_id] = failures
+        return False
+
+    def get(self, node_id: bytes) -> Node | None:
+        probe = Node(node_id)
+        bucket = self.buckets[self.get_bucket_for(probe)]
+        return bucket.nodes.get(node_id) or bucket.replacement_nodes.get(node_id)
+
+    def contacts(self) -> list[Node]:
+        return [n for b in self.buckets for n in b.nodes.values()]
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.buckets)
+
+
+class RttEstimator:
+    """Per-address round-trip estimates (Jacobson/Karels, as TCP) -> RPC timeouts.
+
+    An address we have no sample for gets the timeout of a typical address.
+    """
+
+    def __init__(self, *, initial: float = 1.0, floor: float = 0.05, ceiling: float = 3.0,
+                 max_entries: int = 16384) -> None:
+        self.initial = initial
+        self.floor = floor
+        self.ceiling = ceiling
+        self.max_entries = max_entries
+        self._est: OrderedDict[tuple[str, int], tuple[float, float]] = OrderedDict()
+        self._typical: tuple[float, float] | None = None
+
+    def observe(self, addr: tuple[str, int], rtt: float) -> None:
+        self._est[addr] = self._update(self._est.get(addr), rtt)
+        self._est.move_to_end(addr)
+        while len(self._est) > self.max_entries:
+            self._est.popitem(last=False)
+        self._typical = self._update(self._typical, rtt)
+
+    @staticmethod
+    def _update(est: tuple[float, float] | None, rtt: float) -> tuple[float, float]:
+        if est is None:
+            return rtt, rtt / 2
+        srtt, rttvar = est
+        rttvar = 0.75 * rttvar + 0.25 * abs(srtt - rtt)
+        return 0.875 * srtt + 0.125 * rtt, rttvar
+
+    def timeout(self, addr: tuple[str, int]) -> float:
+        est = self._est.get(addr)
+        # An address never measured gets twice what a typical one gets.
+        factor = 1.0 if est is not None else 2.0
+        est = est or self._typical
+        if est is None:
+            return self.initial
+        srtt, rttvar = est
+        return min(self.ceiling, max(self.floor, factor * (srtt + 4 * rttvar)))
