@@ -246,7 +246,7 @@ class Node:
                 found = await self.dht.get(node_record_key(contact.node_id))
             # The DHT returns only records that verify; under a node's key,
             # only that node's own record is valid.
-            mine = [r for r in found if r.signer == contact.node_id]
+            mine = [r for r in found if r.signer == contact.node_id and r.kind == "node"]
             if not mine:
                 return
             rec = NodeRecord.from_signed(max(mine, key=lambda r: r.seq))
@@ -282,6 +282,8 @@ class Node:
                 log(logger, "revocations.refused", logging.WARNING, reason=str(exc))
         in_dht = 0
         for rec in await self.dht.get(REVOCATIONS_KEY):
+            if rec.kind != "revocations":
+                continue  # a provider record parked here by someone: not a list
             # The record's kind rule already checked the authority's signature.
             rl = RevocationList.from_bytes_untrusted(rec.value, self.grid)
             in_dht = max(in_dht, rl.serial)

@@ -14,11 +14,12 @@ datagram older or newer than ``MAX_SKEW_MS`` is stale; a request seen
 before (same sender, same msg_id) is a replay.  Both are refused.
 
 A *retry* is the one unsigned datagram: ``[RETRY_TAG, msg_id, cookie]``,
-the answer to a request from an address that has not proved itself when
-the real answer would be larger than the request (no amplification).  The
-requester sends the request again with the cookie, which proves that it
-receives at that address.  A forged retry can only make a node repeat one
-request to the address it was already talking to.
+the only answer to a request from an address that has not proved itself
+(it is smaller than any request: no amplification).  The requester sends
+the request again with the cookie, which proves that it receives at that
+address, and keeps the cookie for its next requests there.  A forged retry
+can only make a node repeat one request to the address it was already
+talking to.
 """
 
 from __future__ import annotations

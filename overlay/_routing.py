@@ -31,6 +31,7 @@ class RoutingTable(_StockRoutingTable):
         self.to_ping: OrderedDict[bytes, Node] = OrderedDict()
         self._by_address: dict[tuple[str, int], bytes] = {}
         self._failures: dict[bytes, int] = {}
+        self._prune_at = 64
 
     def add_contact(self, node: Node) -> None:
         if node.id == self.node.id:
@@ -38,7 +39,13 @@ class RoutingTable(_StockRoutingTable):
         addr = (node.ip, node.port)
         old_id = self._by_address.get(addr)
         if old_id is not None and old_id != node.id:
-            self.remove_contact(Node(old_id, node.ip, node.port))
+            old = self.get(old_id)
+            # Only a contact still listed at this address is replaced: one that
+            # has since been seen elsewhere lives there.
+            if old is not None and (old.ip, old.port) == addr:
+                self.remove_contact(old)
+        if len(self._by_address) >= self._prune_at:
+            self._prune()
         self._by_address[addr] = node.id
         self._failures.pop(node.id, None)
         index = self.get_bucket_for(node)
@@ -77,6 +84,28 @@ class RoutingTable(_StockRoutingTable):
             return True
         self._failures[node_id] = failures
         return False
+
+    def _prune(self) -> None:
+        """Forget the addresses and failure counts of contacts no longer held.
+
+        Contacts leave silently (a full replacement cache drops its oldest, a
+        contact moves): without this, every address ever seen would be kept.
+        Amortised O(1): the next prune waits until the map has doubled.
+        """
+        live = {n.id: (n.ip, n.port) for b in self.buckets
+                for n in (*b.nodes.values(), *b.replacement_nodes.values())}
+        self._by_address = {a: i for a, i in self._by_address.items() if live.get(i) == a}
+        self._failures = {i: f for i, f in self._failures.items() if i in live}
+        self._prune_at = max(64, 2 * len(self._by_address))
+
+    def get_bucket_for(self, node: Node) -> int:
+        # Bucket ranges include both ends and KBucket.split puts the midpoint
+        # in the lower half; the stock lookup (``<``) sent an id equal to a
+        # bucket's upper end to the next bucket, where get/remove missed it.
+        for index, bucket in enumerate(self.buckets):
+            if node.long_id <= bucket.range[1]:
+                return index
+        raise ValueError(f"id {node.id!r} is outside the id space")
 
     def get(self, node_id: bytes) -> Node | None:
         probe = Node(node_id)

@@ -13,9 +13,9 @@ Layers inside one node, bottom up:
   (grid certificate, signature, timestamp, replay) before anything else
   looks at it; failures are counted and dropped.
 - RPC: requests and responses matched by msg_id *and* address; timeouts
-  follow measured round trips (``RttEstimator``); an address that has not
-  proved itself gets no answer larger than its request (a retry cookie
-  instead).
+  follow measured round trips (``RttEstimator``); a request from an address
+  that has not proved itself runs nothing and gets only a retry cookie,
+  smaller than the request.
 - Handlers: an explicit table ``ping``, ``find_node``, ``find_value``,
   ``store``; storage is the validating ``RecordStore``.
 - Lookups: iterative, ``alpha`` queries in flight, failed contacts dropped
@@ -61,7 +61,7 @@ logger = logging.getLogger("gridnode.dht")
 Address = tuple[str, int]
 RECORDS_BUDGET = MAX_DATAGRAM - 2048  # room left for the envelope and neighbours
 MAX_PAGES = 64
-VERIFY_QUEUE = 256
+MAX_COOKIES = 16384
 COUNTERS = (
     "datagrams_refused",  # malformed, unauthenticated, stale or replayed
     "requests_refused",  # authenticated, but an unknown method or bad arguments
@@ -127,7 +127,8 @@ class GridDht:
         self.last_seen: dict[bytes, float] = {}
         self._sock: trio.socket.SocketType | None = None
         self._calls: dict[bytes, _Call] = {}
-        self._to_verify: OrderedDict[bytes, Address] = OrderedDict()
+        # Cookies that other nodes gave us, sent along so they answer at once.
+        self._cookies: OrderedDict[Address, bytes] = OrderedDict()
         self._handlers: dict[str, Callable[[Request, Address], Any]] = {
             "ping": self._rpc_ping,
             "find_node": self._rpc_find_node,
@@ -160,7 +161,6 @@ class GridDht:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_loop)
-                nursery.start_soon(self._verify_loop)
                 task_status.started()
         finally:
             sock.close()
@@ -203,6 +203,18 @@ class GridDht:
         call.done.set()
 
     async def _serve_request(self, req: Request, addr: Address) -> None:
+        now = time.monotonic()
+        if req.cookie and self.book.cookie_valid(addr, req.cookie, now):
+            self.book.prove(addr, now)
+        if not self.book.is_proved(addr, now):
+            # An address that has not proved it receives what we send gets a
+            # cookie and nothing else: smaller than its request, no request
+            # runs, and a spoofed source address achieves nothing.
+            retry = encode_retry(req.msg_id, self.book.cookie(addr, now))
+            if len(retry) <= req.size:
+                self.counters["retries_sent"] += 1
+                await self._send(retry, addr)
+            return
         handler = self._handlers.get(req.method)
         if handler is None:
             self.counters["requests_refused"] += 1
@@ -213,30 +225,12 @@ class GridDht:
             self.counters["requests_refused"] += 1
             logger.debug("refused %s from %s: %s", req.method, addr, exc)
             return
-        now = time.monotonic()
-        if req.cookie and self.book.cookie_valid(addr, req.cookie, now):
-            self.book.prove(addr, now)
-        proved = self.book.is_proved(addr, now)
         reply = encode_response(self.key.signing_key, self.cert, req.msg_id, _now_ms(), result)
-        if not proved and len(reply) > req.size:
-            # Never send an unproved address more than it sent us.
-            reply = encode_retry(req.msg_id, self.book.cookie(addr, now))
-            self.counters["retries_sent"] += 1
         await self._send(reply, addr)
-        self._note_seen(req.sender, addr, proved)
-
-    def _note_seen(self, node_id: bytes, addr: Address, proved: bool) -> None:
-        self.last_seen[node_id] = time.time()
-        if self.router.get(node_id) is not None or node_id in self.revoked:
-            return
-        if proved:
-            self.router.add_contact(Node(node_id, addr[0], addr[1]))
-        elif node_id not in self._to_verify:
-            # A new sender enters the routing table only once it has answered
-            # us at that address: a spoofed source address never does.
-            self._to_verify[node_id] = addr
-            while len(self._to_verify) > VERIFY_QUEUE:
-                self._to_verify.popitem(last=False)
+        self.book.prove(addr, now)  # proved and talking: keep it proved
+        self.last_seen[req.sender] = time.time()
+        if req.sender not in self.revoked:
+            self.router.add_contact(Node(req.sender, addr[0], addr[1]))
 
     async def _send(self, data: bytes, addr: Address) -> bool:
         if self._sock is None:
@@ -254,7 +248,7 @@ class GridDht:
     async def call(self, addr: Address, method: str, args: list[Any], *,
                    expect_id: bytes | None = None) -> tuple[bytes, Any] | None:
         """Ask ``addr``; return (responder id, result), or None on failure or timeout."""
-        cookie = b""
+        cookie = self._cookies.get(addr, b"")
         for _attempt in range(2):
             msg_id = new_msg_id()
             data = encode_request(self.key.signing_key, self.cert, msg_id, _now_ms(), method,
@@ -270,7 +264,9 @@ class GridDht:
                 del self._calls[msg_id]
             reply = call.reply
             if isinstance(reply, Retry):
-                cookie = reply.cookie
+                cookie = self._cookies[addr] = reply.cookie
+                while len(self._cookies) > MAX_COOKIES:
+                    self._cookies.popitem(last=False)
                 continue
             if reply is None:
                 break
@@ -484,18 +480,6 @@ class GridDht:
             self._forget(head.id)  # a full bucket's silent head makes room at once
             self.counters["contacts_evicted"] += 1
 
-    async def _verify_loop(self) -> None:
-        """Ping new senders so that they can enter the routing table."""
-        while True:
-            batch: list[tuple[bytes, Address]] = []
-            while self._to_verify and len(batch) < 16:
-                batch.append(self._to_verify.popitem(last=False))
-            if batch:
-                async with trio.open_nursery() as nursery:
-                    for node_id, addr in batch:
-                        nursery.start_soon(self.ping, addr, node_id)
-            await trio.sleep(0.2)
-
     async def get(self, key: bytes) -> list[SignedRecord]:
         """The union of fresh, valid records under ``key`` from the k closest nodes."""
         result = await self.lookup(key, find_value=True)
@@ -531,7 +515,6 @@ class GridDht:
         self.checker.set_revoked(revoked)
         for node_id in revoked:
             self._forget(node_id)
-            self._to_verify.pop(node_id, None)
         self.store.purge(time.time(), revoked)
 
     def contacts(self) -> list[Contact]:

@@ -355,7 +355,7 @@ def test_record_with_a_not_yet_valid_certificate_is_refused() -> None:
         _decode(_seal(cert=FUTURE_CERT.raw))
 
 
-def test_record_may_outlive_the_check_of_its_certificate_but_not_its_validity() -> None:
+def test_record_read_after_its_certificate_expired_is_refused() -> None:
     # A record read after its certificate expired is refused, however long it claims to live.
     cert = _cert(not_before=NOW - 100, not_after=NOW + 100)
     raw = _seal(cert=cert.raw, expires=NOW + 3600)
