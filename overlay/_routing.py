@@ -17,12 +17,16 @@ consecutive failures; the bucket's replacement cache refills it (the stock
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import heapq
+from collections import OrderedDict, deque
 
 from kademlia.node import Node
 from kademlia.routing import RoutingTable as _StockRoutingTable
 
 FAILURES_TO_EVICT = 2
+RECENT_SAMPLES = 128
+PATIENCE_FLOOR = 0.01
+PATIENCE_FACTOR = 4
 
 
 class RoutingTable(_StockRoutingTable):
@@ -107,6 +111,21 @@ class RoutingTable(_StockRoutingTable):
                 return index
         raise ValueError(f"id {node.id!r} is outside the id space")
 
+    def find_neighbors(self, node: Node, k: int | None = None,
+                       exclude: Node | None = None) -> list[Node]:
+        """The k contacts closest to ``node``, the node itself included.
+
+        The stock table leaves out a contact whose id *is* the target, so
+        a lookup of a node's own id could never find that node.
+        """
+        contacts = [n for n in self.contacts() if exclude is None or n.id != exclude.id]
+        return heapq.nsmallest(k or self.ksize, contacts,
+                               key=lambda n: n.long_id ^ node.long_id)
+
+    def is_failing(self, node_id: bytes) -> bool:
+        """Did the contact's last RPC fail (and none succeed since)?"""
+        return node_id in self._failures
+
     def get(self, node_id: bytes) -> Node | None:
         probe = Node(node_id)
         bucket = self.buckets[self.get_bucket_for(probe)]
@@ -133,8 +152,10 @@ class RttEstimator:
         self.max_entries = max_entries
         self._est: OrderedDict[tuple[str, int], tuple[float, float]] = OrderedDict()
         self._typical: tuple[float, float] | None = None
+        self._recent: deque[float] = deque(maxlen=RECENT_SAMPLES)
 
     def observe(self, addr: tuple[str, int], rtt: float) -> None:
+        self._recent.append(rtt)
         self._est[addr] = self._update(self._est.get(addr), rtt)
         self._est.move_to_end(addr)
         while len(self._est) > self.max_entries:
@@ -158,3 +179,16 @@ class RttEstimator:
             return self.initial
         srtt, rttvar = est
         return min(self.ceiling, max(self.floor, factor * (srtt + 4 * rttvar)))
+
+    def patience(self, addr: tuple[str, int]) -> float:
+        """How long a lookup waits for ``addr`` before it asks someone else.
+
+        Shorter than :meth:`timeout`: a few times the median of recent round
+        trips, which bursts of load do not inflate the way they inflate the
+        smoothed variance.  The call itself still runs to ``timeout`` (and
+        only then counts as a failure of that contact).
+        """
+        if not self._recent:
+            return self.timeout(addr)
+        median = sorted(self._recent)[len(self._recent) // 2]
+        return min(self.timeout(addr), max(PATIENCE_FLOOR, PATIENCE_FACTOR * median))

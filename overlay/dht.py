@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import statistics
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -50,7 +51,7 @@ from ._dgram import (
     new_msg_id,
 )
 from ._errors import BadMessage
-from ._routing import RoutingTable, RttEstimator
+from ._routing import PATIENCE_FACTOR, PATIENCE_FLOOR, RoutingTable, RttEstimator
 from ._storage import RecordStore
 from .certs import Certificate, GridInfo
 from .identity import ID_SIZE, KeyPair
@@ -120,13 +121,14 @@ class GridDht:
         self.checker = DatagramChecker(grid)
         self.book = AddressBook()
         self.rtt = RttEstimator()
-        self.store = store or RecordStore(grid)
+        self.store = store if store is not None else RecordStore(grid)
         self.revoked: frozenset[bytes] = frozenset()
         self.address: Address | None = None
         self.counters: Counter[str] = Counter({name: 0 for name in COUNTERS})
         self.last_seen: dict[bytes, float] = {}
         self._sock: trio.socket.SocketType | None = None
         self._calls: dict[bytes, _Call] = {}
+        self._background: trio.Nursery | None = None
         # Cookies that other nodes gave us, sent along so they answer at once.
         self._cookies: OrderedDict[Address, bytes] = OrderedDict()
         self._handlers: dict[str, Callable[[Request, Address], Any]] = {
@@ -160,9 +162,11 @@ class GridDht:
             raise RuntimeError("bind() before serve()")
         try:
             async with trio.open_nursery() as nursery:
+                self._background = nursery
                 nursery.start_soon(self._receive_loop)
                 task_status.started()
         finally:
+            self._background = None
             sock.close()
             self._sock = None
             for call in self._calls.values():
@@ -300,8 +304,11 @@ class GridDht:
         return []
 
     def _neighbours(self, target: bytes, exclude: bytes) -> list[list[Any]]:
-        nodes = self.router.find_neighbors(Node(target), self.ksize)
-        return [[n.id, n.ip, n.port] for n in nodes if n.id != exclude]
+        # A contact that just failed us is not handed to others: it may be
+        # dead, and a dead contact costs every lookup that tries it.
+        nodes = self.router.find_neighbors(Node(target), self.ksize + 8)
+        good = [n for n in nodes if n.id != exclude and not self.router.is_failing(n.id)]
+        return [[n.id, n.ip, n.port] for n in good[: self.ksize]]
 
     def _rpc_find_node(self, req: Request, addr: Address) -> list[list[Any]]:
         (target,) = _args(req, 1)
@@ -335,7 +342,13 @@ class GridDht:
     # -- lookups ---------------------------------------------------------------
 
     async def lookup(self, target: bytes, *, find_value: bool = False) -> LookupResult:
-        """Iterative lookup of the k nodes closest to ``target`` (and their records)."""
+        """Iterative lookup of the k nodes closest to ``target`` (and their records).
+
+        ``alpha`` queries are in flight at a time.  A contact that has not
+        answered within ``rtt.patience`` is dropped from this lookup and
+        another is asked in its place; its call goes on in the node's own
+        nursery until its real timeout, and only then counts against it.
+        """
         goal = Node(target)
         heap = NodeHeap(goal, self.ksize)
         start = self.router.find_neighbors(goal, self.ksize)
@@ -345,15 +358,82 @@ class GridDht:
         records: dict[bytes, SignedRecord] = {}
         result = LookupResult(nodes=[])
         send, receive = trio.open_memory_channel[tuple[Node, Any]](math.inf)
-        in_flight = 0
+        # contact id -> [when we stop waiting for it, when it was asked, patience]
+        waiting: dict[bytes, list[float]] = {}
+        latencies: list[float] = []  # of this lookup's answers: the round trip right now
+        spawn = self._background.start_soon if self._background else None
+        async with send, receive, trio.open_nursery() as local:
+            while True:
+                candidates = [n for n in heap if n.id not in heap.contacted]
+                while candidates and len(waiting) < self.alpha:
+                    contact = candidates.pop(0)
+                    heap.mark_contacted(contact)
+                    now = trio.current_time()
+                    patience = self.rtt.patience((contact.ip, contact.port))
+                    if latencies:
+                        patience = min(patience, PATIENCE_FACTOR * statistics.median(latencies))
+                    patience = max(patience, PATIENCE_FLOOR)
+                    waiting[contact.id] = [now + patience, now, patience]
+                    (spawn or local.start_soon)(self._query, contact, target, find_value,
+                                                send.clone())
+                    result.queried += 1
+                if not waiting:
+                    break
+                with trio.move_on_at(min(w[0] for w in waiting.values())):
+                    contact, answer = await receive.receive()
+                    entry = waiting.pop(contact.id, None)
+                    was_waiting = entry is not None
+                    if entry is not None and answer is not None:
+                        latencies.append(trio.current_time() - entry[1])
+                        # What this lookup now knows about the round trip
+                        # shortens what it waits for those still out.
+                        cap = max(PATIENCE_FLOOR, PATIENCE_FACTOR * statistics.median(latencies))
+                        for w in waiting.values():
+                            w[0] = min(w[0], w[1] + cap)
+                    if answer is None:
+                        if was_waiting:
+                            result.failed += 1
+                            heap.remove([contact.id])
+                        continue
+                    if not was_waiting:  # it answered after all: take it back
+                        result.failed -= 1
+                        heap.push(contact)
+                    responded.add(contact.id)
+                    nodes = answer.get("nodes") if isinstance(answer, dict) else answer
+                    found = self._parse_nodes(nodes)
+                    for n in found:
+                        depth.setdefault(n.id, depth[contact.id] + 1)
+                    heap.push(found)
+                    if find_value and isinstance(answer, dict):
+                        self._merge_records(target, answer.get("records"), records)
+                    continue
+                now = trio.current_time()
+                for slow, (deadline, asked, patience) in list(waiting.items()):
+                    if deadline > now:
+                        continue
+                    if not latencies:
+                        # Nobody has answered this lookup yet: the network (or
+                        # this machine) may be slow, not that contact. Wait more.
+                        waiting[slow] = [now + 2 * patience, asked, 2 * patience]
+                        continue
+                    del waiting[slow]
+                    result.failed += 1
+                    heap.remove([slow])
+            local.cancel_scope.cancel()
+        result.nodes = [n for n in heap if n.id in responded]
+        result.records = list(records.values())
+        result.hops = min((depth[n.id] for n in result.nodes), default=0)
+        return result
 
-        async def query(contact: Node) -> None:
-            addr = (contact.ip, contact.port)
-            if not find_value:
-                reply = await self.call(addr, "find_node", [target], expect_id=contact.id)
-                await send.send((contact, None if reply is None else reply[1]))
-                return
-            merged: dict[str, Any] | None = None
+    async def _query(self, contact: Node, target: bytes, find_value: bool,
+                     send: trio.MemorySendChannel[tuple[Node, Any]]) -> None:
+        """One lookup step against one contact; the answer goes to ``send``."""
+        addr = (contact.ip, contact.port)
+        answer: Any = None
+        if not find_value:
+            reply = await self.call(addr, "find_node", [target], expect_id=contact.id)
+            answer = None if reply is None else reply[1]
+        else:
             after = b""
             for _page in range(MAX_PAGES):
                 reply = await self.call(addr, "find_value", [target, after],
@@ -361,51 +441,24 @@ class GridDht:
                 if reply is None or not isinstance(reply[1], dict):
                     break
                 page = reply[1]
-                if merged is None:
-                    merged = {"nodes": page.get("nodes"), "records": []}
+                if answer is None:
+                    answer = {"nodes": page.get("nodes"), "records": []}
                 got = page.get("records")
-                if isinstance(got, list):
-                    merged["records"] += got
-                if page.get("more") is not True or not isinstance(got, list) or not got:
+                if not isinstance(got, list) or not got:
                     break
-                last = got[-1]
+                answer["records"] += got
+                if page.get("more") is not True:
+                    break
                 try:
                     after = SignedRecord.from_bytes_untrusted(
-                        last, self.grid, time.time(), revoked=self.revoked).signer
+                        got[-1], self.grid, time.time(), revoked=self.revoked).signer
                 except BadMessage:
                     break
-            await send.send((contact, merged))
-
-        async with send, receive, trio.open_nursery() as nursery:
-            while True:
-                candidates = [n for n in heap if n.id not in heap.contacted]
-                while candidates and in_flight < self.alpha:
-                    contact = candidates.pop(0)
-                    heap.mark_contacted(contact)
-                    nursery.start_soon(query, contact)
-                    in_flight += 1
-                    result.queried += 1
-                if in_flight == 0:
-                    break
-                contact, answer = await receive.receive()
-                in_flight -= 1
-                if answer is None:
-                    result.failed += 1
-                    heap.remove([contact.id])
-                    continue
-                responded.add(contact.id)
-                nodes = answer.get("nodes") if isinstance(answer, dict) else answer
-                found = self._parse_nodes(nodes)
-                for n in found:
-                    depth.setdefault(n.id, depth[contact.id] + 1)
-                heap.push(found)
-                if find_value and isinstance(answer, dict):
-                    self._merge_records(target, answer.get("records"), records)
-            nursery.cancel_scope.cancel()
-        result.nodes = [n for n in heap if n.id in responded]
-        result.records = list(records.values())
-        result.hops = min((depth[n.id] for n in result.nodes), default=0)
-        return result
+        async with send:
+            try:
+                send.send_nowait((contact, answer))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the lookup is over; the call still taught us about the contact
 
     def _parse_nodes(self, nodes: Any) -> list[Node]:
         """Contacts from a peer's answer: checked, bounded, never ourselves."""
@@ -470,12 +523,13 @@ class GridDht:
             await self.lookup(target)
         heads = list(self.router.to_ping.values())
         self.router.to_ping.clear()
-        async with trio.open_nursery() as nursery:
-            for head in heads:
-                nursery.start_soon(self._ping_head, head)
+        if self._background is not None:
+            for head in heads:  # answered (or not) in the background
+                self._background.start_soon(self._ping_head, head)
         self.store.purge(time.time(), self.revoked)
 
     async def _ping_head(self, head: Node) -> None:
+        """Ask a full bucket's oldest contact whether it is still there."""
         if await self.ping((head.ip, head.port), expect_id=head.id) is None:
             self._forget(head.id)  # a full bucket's silent head makes room at once
             self.counters["contacts_evicted"] += 1

@@ -36,6 +36,14 @@ PLAIN (one ``asyncio.run``, same N, L and seed)
     plain numbers worse, never better.  All other lookups of both
     implementations run one at a time.
 
+The stock ``RoutingTable.find_neighbors`` leaves out a contact whose id *is*
+the target, so a plain lookup of a node's own id can never return that node:
+plain "success" is 0 by construction.  Both implementations therefore also
+report ``closest_other_found``: the share of lookups that returned the live
+node closest to the target other than the target and the source (neither
+implementation returns the source), which a correct lookup of either kind
+must find.
+
 The seed fixes the join order, the bootstrap peers, the lookup sources and
 targets, and which nodes stop; key material is random.  Percentiles are
 nearest-rank.  Progress goes to stderr; with --json, stdout holds exactly
@@ -76,6 +84,15 @@ DOWN_FRACTION = 0.2
 PLAIN_DOWN_MAX_LOOKUPS = 40
 PLAIN_DOWN_BATCH = 10
 TARGET_NODES = 200
+
+
+def sources_sha256() -> dict[str, str]:
+    """Short hashes of the DHT sources measured (the tree may be edited meanwhile)."""
+    return {name: hashlib.sha256((ROOT / "overlay" / name).read_bytes()).hexdigest()[:16]
+            for name in ("dht.py", "_routing.py", "_dgram.py", "certs.py")}
+
+
+SOURCES_AT_START = sources_sha256()
 
 
 def log(msg: str) -> None:
@@ -121,6 +138,7 @@ class Progress:
 class LookupStats:
     latencies: list[float] = field(default_factory=list)
     successes: int = 0
+    closest_found: int = 0
     hops: list[int] = field(default_factory=list)
     queried: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
@@ -139,6 +157,7 @@ class LookupStats:
         return {
             "lookups": self.count,
             "success": self.success_rate(),
+            "closest_other_found": self.closest_found / self.count if self.count else None,
             "p50_ms": ms(percentile(self.latencies, 50)),
             "p99_ms": ms(percentile(self.latencies, 99)),
             "max_ms": ms(max(self.latencies, default=None)),
@@ -163,6 +182,18 @@ def pick_pair(rng: random.Random, live: Sequence[int]) -> tuple[int, int]:
 
 def pick_down(rng: random.Random, n: int) -> list[int]:
     return sorted(rng.sample(range(n), round(DOWN_FRACTION * n)))
+
+
+def closest_other(ids: Sequence[bytes], live: Sequence[int], src: int, tgt: int) -> bytes:
+    """The live node closest to the target other than the target and the source.
+
+    Neither implementation returns the source itself, and the stock package
+    never returns a contact whose id is the lookup target: this node is what
+    a correct lookup of either kind must find.
+    """
+    goal = int.from_bytes(ids[tgt], "big")
+    return min((ids[i] for i in live if i not in (src, tgt)),
+               key=lambda x: int.from_bytes(x, "big") ^ goal)
 
 
 # -- OURS: GridDht on trio ---------------------------------------------------------
@@ -270,7 +301,9 @@ async def _ours(n: int, lookups: int, seed: int, refresh_batch: int, lookup_cap:
                     if result is None:
                         stats.timed_out += 1
                     else:
-                        stats.successes += any(x.id == target for x in result.nodes)
+                        got = {x.id for x in result.nodes}
+                        stats.successes += target in got
+                        stats.closest_found += closest_other(ids, live, src, tgt) in got
                         stats.hops.append(result.hops)
                         stats.queried.append(result.queried)
                         stats.failed.append(result.failed)
@@ -279,6 +312,7 @@ async def _ours(n: int, lookups: int, seed: int, refresh_batch: int, lookup_cap:
             stats.truncated = cap.cancelled_caught
             return stats
 
+        ids = [dht.node_id for dht in nodes]
         up = await phase("all up", list(range(n)))
         counters["after_up"] = _counters(nodes)
 
@@ -316,13 +350,13 @@ def run_ours(n: int, lookups: int, seed: int, refresh_batch: int, lookup_cap: fl
 
 async def _plain(n: int, lookups: int, seed: int, phase_cap: float) -> dict[str, Any]:
     rng = random.Random(seed)  # the same sequence of choices as OURS
-    ids = random.Random(f"plain-ids-{seed}")
+    idgen = random.Random(f"plain-ids-{seed}")
     out: dict[str, Any] = {}
     servers: list[Server] = []
     t0 = time.perf_counter()
     try:
         for _ in range(n):
-            server = Server(ksize=20, alpha=3, node_id=ids.randbytes(20))
+            server = Server(ksize=20, alpha=3, node_id=idgen.randbytes(20))
             await server.listen(0, interface="127.0.0.1")
             servers.append(server)
         addrs = [tuple(s.transport.get_extra_info("sockname")[:2]) for s in servers]
@@ -350,7 +384,9 @@ async def _plain(n: int, lookups: int, seed: int, phase_cap: float) -> dict[str,
         out["contacts_mean"] = round(sum(contacts) / n, 1)
         out["contacts_min"] = min(contacts)
 
-        async def one(src: int, tgt: int, stats: LookupStats) -> None:
+        ids = [s.node.id for s in servers]
+
+        async def one(src: int, tgt: int, live: list[int], stats: LookupStats) -> None:
             server = servers[src]
             goal = Node(servers[tgt].node.id)
             nearest = server.protocol.router.find_neighbors(goal, server.alpha)
@@ -358,7 +394,9 @@ async def _plain(n: int, lookups: int, seed: int, phase_cap: float) -> dict[str,
             found = await NodeSpiderCrawl(server.protocol, goal, nearest, server.ksize,
                                           server.alpha).find()
             stats.latencies.append(time.perf_counter() - t)
-            stats.successes += any(x.id == goal.id for x in found)
+            got = {x.id for x in found}
+            stats.successes += goal.id in got
+            stats.closest_found += closest_other(ids, live, src, tgt) in got
 
         async def phase(label: str, live: list[int], count: int, batch: int) -> LookupStats:
             stats = LookupStats()
@@ -371,7 +409,7 @@ async def _plain(n: int, lookups: int, seed: int, phase_cap: float) -> dict[str,
                     stats.truncated = True
                     break
                 pairs = [pick_pair(rng, live) for _ in range(min(batch, count - done))]
-                await asyncio.gather(*(one(s, t, stats) for s, t in pairs))
+                await asyncio.gather(*(one(s, t, live, stats) for s, t in pairs))
                 done += len(pairs)
                 progress.step(done, f", {stats.count - stats.successes} failed")
             stats.seconds = time.perf_counter() - t0
@@ -384,8 +422,8 @@ async def _plain(n: int, lookups: int, seed: int, phase_cap: float) -> dict[str,
         down_set = set(down)
         live = [i for i in range(n) if i not in down_set]
         log(f"[plain] stopped {len(down)} servers without warning")
-        # Note: rng now continues from where OURS' all-up phase left it, so the
-        # first min(L, 40) pairs of this phase are OURS' first pairs with 20% down.
+        # The same rng calls in the same order as OURS: the same nodes stop, and
+        # this phase's pairs are the first min(L, 40) of OURS' 20%-down pairs.
         low = await phase("20% down", live, min(lookups, PLAIN_DOWN_MAX_LOOKUPS),
                           PLAIN_DOWN_BATCH)
     finally:
@@ -435,6 +473,10 @@ def build_report(args: argparse.Namespace, ours: dict[str, Any], plain: dict[str
         "plain_success_all_up": p["up"].get("success"),
         "plain_success_20pct_down": p["down"].get("success"),
         "plain_lookups_20pct_down": p["down"].get("lookups"),
+        "closest_other_found_all_up": ours["up"]["closest_other_found"],
+        "closest_other_found_20pct_down": ours["down"]["closest_other_found"],
+        "plain_closest_other_found_all_up": p["up"].get("closest_other_found"),
+        "plain_closest_other_found_20pct_down": p["down"].get("closest_other_found"),
         "join_seconds": ours["join_seconds"],
         "join_p50_ms": ours["join_p50_ms"],
         "join_p99_ms": ours["join_p99_ms"],
@@ -449,12 +491,13 @@ def build_report(args: argparse.Namespace, ours: dict[str, Any], plain: dict[str
         "notes": (f"plain 20%-down phase: at most {PLAIN_DOWN_MAX_LOOKUPS} lookups, run "
                   f"{PLAIN_DOWN_BATCH} at a time with asyncio.gather (its fixed 5 s timeout "
                   f"per dead contact); all other lookups run one at a time; percentiles "
-                  f"are nearest-rank"),
-        "sources_sha256": {
-            name: hashlib.sha256((ROOT / "overlay" / name).read_bytes()).hexdigest()[:16]
-            for name in ("dht.py", "_routing.py", "_dgram.py")
-        },
+                  f"are nearest-rank; the stock find_neighbors never returns a contact "
+                  f"whose id is the target, so plain success is 0 by construction: "
+                  f"compare closest_other_found"),
+        "sources_sha256": SOURCES_AT_START,
     }
+    if sources_sha256() != SOURCES_AT_START:
+        report["sources_sha256_at_end"] = sources_sha256()  # edited while we ran
     up_p99, down_p99 = ours["up"]["p99_ms"], ours["down"]["p99_ms"]
     ratio = report["ratio_vs_plain"]
     report["targets_specified_for_nodes"] = TARGET_NODES
@@ -485,6 +528,10 @@ def human(report: dict[str, Any], emit: Callable[[str], None]) -> None:
         ("success, all up", ours["up"]["success"], plain["up"].get("success"), ".1%", ""),
         ("success, 20% down", ours["down"]["success"], plain["down"].get("success"), ".1%",
          ""),
+        ("closest other, all up", ours["up"]["closest_other_found"],
+         plain["up"].get("closest_other_found"), ".1%", ""),
+        ("closest other, 20% down", ours["down"]["closest_other_found"],
+         plain["down"].get("closest_other_found"), ".1%", ""),
         ("lookup p50, all up", ours["up"]["p50_ms"], plain["up"].get("p50_ms"), ".1f", " ms"),
         ("lookup p99, all up", ours["up"]["p99_ms"], plain["up"].get("p99_ms"), ".1f", " ms"),
         ("lookup p50, 20% down", ours["down"]["p50_ms"], plain["down"].get("p50_ms"), ".1f",
