@@ -25,6 +25,7 @@ talking to.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -185,6 +186,12 @@ def _check_bytes(x: Any, size: int, what: str) -> None:
         raise BadMessage(f"{what} must be {size} bytes")
 
 
+# Who is proving: (host, port) or (host, port, node id).  The daemon binds a
+# proof to the sender's id too, so that a member cannot replay another
+# node's signed request from its own (proved) address.
+Peer = tuple[Any, ...]
+
+
 class AddressBook:
     """Which addresses have proved that they receive what we send them.
 
@@ -198,27 +205,28 @@ class AddressBook:
 
     def __init__(self, *, lifetime: float = 600.0, max_entries: int = 65536) -> None:
         self._secret = os.urandom(32)
-        self._proved: OrderedDict[tuple[str, int], float] = OrderedDict()
+        self._proved: OrderedDict[Peer, float] = OrderedDict()
         self.lifetime = lifetime
         self.max_entries = max_entries
 
-    def cookie(self, addr: tuple[str, int], now: float, slot_offset: int = 0) -> bytes:
+    def cookie(self, addr: Peer, now: float, slot_offset: int = 0) -> bytes:
         slot = int(now // self.SLOT) - slot_offset
-        data = f"{addr[0]}|{addr[1]}|{slot}".encode()
+        data = "|".join(map(repr, (*addr, slot))).encode()
         return hashlib.blake2b(data, key=self._secret, digest_size=COOKIE_SIZE).digest()
 
-    def cookie_valid(self, addr: tuple[str, int], cookie: bytes, now: float) -> bool:
-        return bool(cookie) and cookie in (self.cookie(addr, now), self.cookie(addr, now, 1))
+    def cookie_valid(self, addr: Peer, cookie: bytes, now: float) -> bool:
+        return bool(cookie) and any(hmac.compare_digest(cookie, self.cookie(addr, now, back))
+                                    for back in (0, 1))
 
-    def prove(self, addr: tuple[str, int], now: float) -> None:
+    def prove(self, addr: Peer, now: float) -> None:
         self._proved[addr] = now + self.lifetime
         self._proved.move_to_end(addr)
         while len(self._proved) > self.max_entries:
             self._proved.popitem(last=False)
 
-    def is_proved(self, addr: tuple[str, int], now: float) -> bool:
+    def is_proved(self, addr: Peer, now: float) -> bool:
         until = self._proved.get(addr)
         return until is not None and until >= now
 
-    def forget(self, addr: tuple[str, int]) -> None:
+    def forget(self, addr: Peer) -> None:
         self._proved.pop(addr, None)

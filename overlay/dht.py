@@ -208,13 +208,14 @@ class GridDht:
 
     async def _serve_request(self, req: Request, addr: Address) -> None:
         now = time.monotonic()
-        if req.cookie and self.book.cookie_valid(addr, req.cookie, now):
-            self.book.prove(addr, now)
-        if not self.book.is_proved(addr, now):
+        peer = (*addr, req.sender)
+        if req.cookie and self.book.cookie_valid(peer, req.cookie, now):
+            self.book.prove(peer, now)
+        if not self.book.is_proved(peer, now):
             # An address that has not proved it receives what we send gets a
             # cookie and nothing else: smaller than its request, no request
             # runs, and a spoofed source address achieves nothing.
-            retry = encode_retry(req.msg_id, self.book.cookie(addr, now))
+            retry = encode_retry(req.msg_id, self.book.cookie(peer, now))
             if len(retry) <= req.size:
                 self.counters["retries_sent"] += 1
                 await self._send(retry, addr)
@@ -231,7 +232,7 @@ class GridDht:
             return
         reply = encode_response(self.key.signing_key, self.cert, req.msg_id, _now_ms(), result)
         await self._send(reply, addr)
-        self.book.prove(addr, now)  # proved and talking: keep it proved
+        self.book.prove(peer, now)  # proved and talking: keep it proved
         self.last_seen[req.sender] = time.time()
         if req.sender not in self.revoked:
             self.router.add_contact(Node(req.sender, addr[0], addr[1]))
@@ -278,7 +279,7 @@ class GridDht:
             if expect_id is not None and reply.sender != expect_id:
                 # Someone else lives there now: forget the old contact.
                 self._forget(expect_id)
-            self.book.prove(addr, time.monotonic())
+            self.book.prove((*addr, reply.sender), time.monotonic())
             self.last_seen[reply.sender] = time.time()
             if reply.sender not in self.revoked:
                 self.router.add_contact(Node(reply.sender, addr[0], addr[1]))

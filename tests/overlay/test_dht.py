@@ -315,3 +315,39 @@ async def test_churn_in_waves_keeps_lookups_working_and_tables_full():
             sizes = [len(n.router) for n in grid.nodes]
             assert min(sizes) >= 10, sizes
         nursery.cancel_scope.cancel()
+
+
+async def test_a_member_cannot_replay_another_nodes_request_from_its_own_address():
+    rng = random.Random(12)
+    async with trio.open_nursery() as nursery:
+        grid = new_grid(nursery)
+        (target,) = await grid.grow(1, rng)
+        assert target.address is not None
+        mallory = grid.member("mallory")
+        alice = grid.member("alice")
+        checker = DatagramChecker(grid.info)
+
+        def request(member: tuple, msg_id: bytes, cookie: bytes = b"") -> bytes:
+            return encode_request(member[0].signing_key, member[1], msg_id,
+                                  int(time.time() * 1000), "find_node", [target.node_id],
+                                  cookie)
+
+        async def ask(sock: Any, data: bytes) -> Any:
+            await sock.sendto(data, target.address)
+            with trio.fail_after(5):
+                reply, _ = await sock.recvfrom(65536)
+            return checker.decode_untrusted(reply, int(time.time() * 1000))
+
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        with sock:
+            await sock.bind(("127.0.0.1", 0))
+            retry = await ask(sock, request(mallory, b"m" * 16))
+            assert isinstance(retry, Retry)
+            answer = await ask(sock, request(mallory, b"n" * 16, retry.cookie))
+            assert not isinstance(answer, Retry)  # mallory's address is proved for mallory
+            # A request alice signed (captured on the wire), sent from mallory's address:
+            # alice has proved nothing there, so it runs nothing.
+            replayed = await ask(sock, request(alice, b"a" * 16))
+            assert isinstance(replayed, Retry)
+        assert alice[0].id not in {c.node_id for c in target.contacts()}
+        nursery.cancel_scope.cancel()
