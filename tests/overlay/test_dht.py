@@ -351,3 +351,44 @@ async def test_a_member_cannot_replay_another_nodes_request_from_its_own_address
             assert isinstance(replayed, Retry)
         assert alice[0].id not in {c.node_id for c in target.contacts()}
         nursery.cancel_scope.cancel()
+
+
+class GarbageNode(GridDht):
+    """A real member whose answers have every wrong shape."""
+
+    shapes: list[Any] = [None, 7, "nodes", b"\x00" * 20, {"a": 1}, [[1, 2]], [[b"x", "h", 1]],
+                         [[b"\x01" * 20, "127.0.0.1", 0]], [[b"\x01" * 20, 5, 7400]],
+                         [[b"\x01" * 20, "127.0.0.1", 70000, 9]], [["id", "127.0.0.1", 1]]]
+    turn = 0
+
+    def _next(self) -> Any:
+        GarbageNode.turn += 1
+        return self.shapes[self.turn % len(self.shapes)]
+
+    def _rpc_find_node(self, req: Request, addr: Any) -> Any:
+        return self._next()
+
+    def _rpc_find_value(self, req: Request, addr: Any) -> Any:
+        shape = self._next()
+        return {"records": shape, "more": True, "nodes": shape} if self.turn % 2 else shape
+
+
+async def test_malformed_answers_never_break_a_lookup():
+    rng = random.Random(13)
+    async with trio.open_nursery() as nursery:
+        grid = new_grid(nursery)
+        await grid.grow(8, rng)
+        for i in range(3):
+            key, cert = grid.member(f"garbage-{i}")
+            await grid.start(GarbageNode(key, cert, grid.info), bootstrap=grid.nodes[0])
+        honest = [n for n in grid.nodes if not isinstance(n, GarbageNode)]
+        for _ in range(3):
+            await grid.refresh_all()
+        for source in honest:
+            for target in honest:
+                if source is not target:
+                    result = await source.lookup(target.node_id)
+                    assert target.node_id in {n.id for n in result.nodes}
+            await source.get(provider_key("role", "queue"))
+        assert sum(n.counters["contacts_refused"] for n in honest) > 0
+        nursery.cancel_scope.cancel()
