@@ -44,6 +44,12 @@ node closest to the target other than the target and the source (neither
 implementation returns the source), which a correct lookup of either kind
 must find.
 
+All N nodes of an implementation share this process and one CPU core, so a
+lookup's latency here is mostly the CPU time of every RPC it makes, at both
+ends (signatures included); on a real network nodes compute in parallel and
+round trips dominate.  ``sources_sha256`` names the DHT sources measured
+(``sources_sha256_at_end`` appears if they were edited during the run).
+
 The seed fixes the join order, the bootstrap peers, the lookup sources and
 targets, and which nodes stop; key material is random.  Percentiles are
 nearest-rank.  Progress goes to stderr; with --json, stdout holds exactly
