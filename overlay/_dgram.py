@@ -13,9 +13,16 @@ of a key this grid certified: a claimed id is never taken on faith.  A
 datagram older or newer than ``MAX_SKEW_MS`` is stale; a request seen
 before (same sender, same msg_id) is a replay.  Both are refused.
 
+A request from an address that has not proved itself is answered at once
+only if the answer (which then carries a cookie) is no larger than the
+request; a node with no cookie for an address pads its request (an 8th
+field, inside the signature) so that small answers such as ``find_node``
+fit.  Larger answers get a retry instead.
+
 A *retry* is the one unsigned datagram: ``[RETRY_TAG, msg_id, cookie]``,
-the only answer to a request from an address that has not proved itself
-(it is smaller than any request: no amplification).  The requester sends
+the answer to a request from an address that has not proved itself when
+the real answer would be larger than the request (a retry is smaller than
+any request: no amplification).  The requester sends
 the request again with the cookie, which proves that it receives at that
 address, and keeps the cookie for its next requests there.  A forged retry
 can only make a node repeat one request to the address it was already
@@ -69,6 +76,7 @@ class Response:
     cert: Certificate
     result: Any
     size: int
+    cookie: bytes = b""  # given to a requester that has not proved its address yet
 
     @property
     def sender(self) -> bytes:
@@ -87,13 +95,20 @@ def new_msg_id() -> bytes:
 
 
 def encode_request(key: nacl.signing.SigningKey, cert: Certificate, msg_id: bytes, ts_ms: int,
-                   method: str, args: list[Any], cookie: bytes = b"") -> bytes:
-    return seal(DGRAM_TAG, [REQUEST, msg_id, ts_ms, cert.raw, cookie, method, args], key)
+                   method: str, args: list[Any], cookie: bytes = b"", pad_to: int = 0) -> bytes:
+    """A signed request; ``pad_to`` pads it (inside the signature) to at least that size."""
+    fields = [REQUEST, msg_id, ts_ms, cert.raw, cookie, method, args]
+    data = seal(DGRAM_TAG, fields, key)
+    if len(data) < pad_to:
+        # The padding field's own header takes up to 5 bytes.
+        data = seal(DGRAM_TAG, [*fields, bytes(max(0, pad_to - len(data) - 5))], key)
+    return data
 
 
 def encode_response(key: nacl.signing.SigningKey, cert: Certificate, msg_id: bytes,
-                    ts_ms: int, result: Any) -> bytes:
-    return seal(DGRAM_TAG, [RESPONSE, msg_id, ts_ms, cert.raw, result], key)
+                    ts_ms: int, result: Any, cookie: bytes = b"") -> bytes:
+    fields = [RESPONSE, msg_id, ts_ms, cert.raw, result]
+    return seal(DGRAM_TAG, [*fields, cookie] if cookie else fields, key)
 
 
 def encode_retry(msg_id: bytes, cookie: bytes) -> bytes:
@@ -157,10 +172,15 @@ class DatagramChecker:
         cert = self._certificate(cert_raw, now_ms / 1000)
         verify_body(cert.subject_key, body, sig)
         if kind == RESPONSE:
-            expect(len(fields) == 5, "response must have 5 fields")
-            return Response(msg_id, ts_ms, cert, fields[4], len(data))
-        expect(kind == REQUEST and len(fields) == 7, "unknown datagram kind")
-        cookie, method, args = fields[4:]
+            expect(len(fields) in (5, 6), "response must have 5 or 6 fields")
+            cookie = fields[5] if len(fields) == 6 else b""
+            if len(fields) == 6:
+                _check_bytes(cookie, COOKIE_SIZE, "cookie")
+            return Response(msg_id, ts_ms, cert, fields[4], len(data), cookie)
+        expect(kind == REQUEST and len(fields) in (7, 8), "unknown datagram kind")
+        cookie, method, args = fields[4:7]
+        if len(fields) == 8 and not isinstance(fields[7], bytes):
+            raise BadMessage("padding must be bytes")
         if not (isinstance(cookie, bytes) and len(cookie) in (0, COOKIE_SIZE)):
             raise BadMessage("bad cookie")
         if not (isinstance(method, str) and 0 < len(method) <= MAX_METHOD):

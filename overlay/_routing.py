@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict, deque
 
-from kademlia.node import Node
+from kademlia.node import Node, NodeHeap
 from kademlia.routing import RoutingTable as _StockRoutingTable
 
 FAILURES_TO_EVICT = 2
@@ -138,13 +138,38 @@ class RoutingTable(_StockRoutingTable):
         return sum(len(b) for b in self.buckets)
 
 
+class Shortlist(NodeHeap):
+    """kademlia's NodeHeap with constant-time membership.
+
+    The stock heap tests membership by scanning itself, once per pushed node:
+    quadratic in the shortlist, and the largest cost of a lookup.
+    """
+
+    def __init__(self, node: Node, maxsize: int) -> None:
+        super().__init__(node, maxsize)
+        self._ids: set[bytes] = set()
+
+    def push(self, nodes: Node | list[Node]) -> None:
+        for node in nodes if isinstance(nodes, list) else [nodes]:
+            if node.id not in self._ids:
+                self._ids.add(node.id)
+                heapq.heappush(self.heap, (self.node.distance_to(node), node))
+
+    def remove(self, peers: list[bytes]) -> None:
+        super().remove(peers)
+        self._ids.difference_update(peers)
+
+    def __contains__(self, node: Node) -> bool:
+        return node.id in self._ids
+
+
 class RttEstimator:
     """Per-address round-trip estimates (Jacobson/Karels, as TCP) -> RPC timeouts.
 
     An address we have no sample for gets the timeout of a typical address.
     """
 
-    def __init__(self, *, initial: float = 1.0, floor: float = 0.05, ceiling: float = 3.0,
+    def __init__(self, *, initial: float = 1.0, floor: float = 0.2, ceiling: float = 3.0,
                  max_entries: int = 16384) -> None:
         self.initial = initial
         self.floor = floor

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from kademlia.node import Node, NodeHeap
+from kademlia.node import Node
 
 from ._dgram import (
     MAX_DATAGRAM,
@@ -51,7 +51,7 @@ from ._dgram import (
     new_msg_id,
 )
 from ._errors import BadMessage
-from ._routing import PATIENCE_FACTOR, PATIENCE_FLOOR, RoutingTable, RttEstimator
+from ._routing import PATIENCE_FACTOR, PATIENCE_FLOOR, RoutingTable, RttEstimator, Shortlist
 from ._storage import RecordStore
 from .certs import Certificate, GridInfo
 from .identity import ID_SIZE, KeyPair
@@ -63,6 +63,9 @@ Address = tuple[str, int]
 RECORDS_BUDGET = MAX_DATAGRAM - 2048  # room left for the envelope and neighbours
 MAX_PAGES = 64
 MAX_COOKIES = 16384
+# Without a cookie for an address, requests are padded to this size so that
+# a find_node answer (20 IPv4 contacts and a cookie) may come back at once.
+PAD_UNPROVED = 1200
 COUNTERS = (
     "datagrams_refused",  # malformed, unauthenticated, stale or replayed
     "requests_refused",  # authenticated, but an unknown method or bad arguments
@@ -129,6 +132,7 @@ class GridDht:
         self._sock: trio.socket.SocketType | None = None
         self._calls: dict[bytes, _Call] = {}
         self._background: trio.Nursery | None = None
+        self._rechecking: set[bytes] = set()
         # Cookies that other nodes gave us, sent along so they answer at once.
         self._cookies: OrderedDict[Address, bytes] = OrderedDict()
         self._handlers: dict[str, Callable[[Request, Address], Any]] = {
@@ -211,15 +215,7 @@ class GridDht:
         peer = (*addr, req.sender)
         if req.cookie and self.book.cookie_valid(peer, req.cookie, now):
             self.book.prove(peer, now)
-        if not self.book.is_proved(peer, now):
-            # An address that has not proved it receives what we send gets a
-            # cookie and nothing else: smaller than its request, no request
-            # runs, and a spoofed source address achieves nothing.
-            retry = encode_retry(req.msg_id, self.book.cookie(peer, now))
-            if len(retry) <= req.size:
-                self.counters["retries_sent"] += 1
-                await self._send(retry, addr)
-            return
+        proved = self.book.is_proved(peer, now)
         handler = self._handlers.get(req.method)
         if handler is None:
             self.counters["requests_refused"] += 1
@@ -229,6 +225,19 @@ class GridDht:
         except BadMessage as exc:
             self.counters["requests_refused"] += 1
             logger.debug("refused %s from %s: %s", req.method, addr, exc)
+            return
+        if not proved:
+            # An unproved address gets an answer (with a cookie to prove
+            # itself next time) only if it is no larger than its request;
+            # otherwise just the cookie.  It does not enter the routing table.
+            cookie = self.book.cookie(peer, now)
+            reply = encode_response(self.key.signing_key, self.cert, req.msg_id, _now_ms(),
+                                    result, cookie)
+            if len(reply) > req.size:
+                reply = encode_retry(req.msg_id, cookie)
+                self.counters["retries_sent"] += 1
+            if len(reply) <= req.size:
+                await self._send(reply, addr)
             return
         reply = encode_response(self.key.signing_key, self.cert, req.msg_id, _now_ms(), result)
         await self._send(reply, addr)
@@ -257,7 +266,7 @@ class GridDht:
         for _attempt in range(2):
             msg_id = new_msg_id()
             data = encode_request(self.key.signing_key, self.cert, msg_id, _now_ms(), method,
-                                  args, cookie)
+                                  args, cookie, pad_to=0 if cookie else PAD_UNPROVED)
             call = self._calls[msg_id] = _Call(addr)
             started = time.monotonic()
             try:
@@ -268,10 +277,9 @@ class GridDht:
             finally:
                 del self._calls[msg_id]
             reply = call.reply
+            if reply is not None and reply.cookie:
+                cookie = self._remember_cookie(addr, reply.cookie)
             if isinstance(reply, Retry):
-                cookie = self._cookies[addr] = reply.cookie
-                while len(self._cookies) > MAX_COOKIES:
-                    self._cookies.popitem(last=False)
                 continue
             if reply is None:
                 break
@@ -288,7 +296,26 @@ class GridDht:
         if expect_id is not None:
             if self.router.note_failure(expect_id):
                 self.counters["contacts_evicted"] += 1
+            elif (self._background is not None and expect_id not in self._rechecking
+                  and self.router.get(expect_id) is not None):
+                # One more try decides soon whether a contact that failed once
+                # is gone, instead of leaving it to cost other lookups.
+                self._rechecking.add(expect_id)
+                self._background.start_soon(self._recheck, addr, expect_id)
         return None
+
+    async def _recheck(self, addr: Address, node_id: bytes) -> None:
+        try:
+            await self.ping(addr, node_id)
+        finally:
+            self._rechecking.discard(node_id)
+
+    def _remember_cookie(self, addr: Address, cookie: bytes) -> bytes:
+        self._cookies[addr] = cookie
+        self._cookies.move_to_end(addr)
+        while len(self._cookies) > MAX_COOKIES:
+            self._cookies.popitem(last=False)
+        return cookie
 
     def _forget(self, node_id: bytes) -> None:
         contact = self.router.get(node_id)
@@ -351,7 +378,7 @@ class GridDht:
         nursery until its real timeout, and only then counts against it.
         """
         goal = Node(target)
-        heap = NodeHeap(goal, self.ksize)
+        heap = Shortlist(goal, self.ksize)
         start = self.router.find_neighbors(goal, self.ksize)
         heap.push(start)
         depth = {n.id: 1 for n in start}
@@ -423,7 +450,8 @@ class GridDht:
             local.cancel_scope.cancel()
         result.nodes = [n for n in heap if n.id in responded]
         result.records = list(records.values())
-        result.hops = min((depth[n.id] for n in result.nodes), default=0)
+        # Hops: how far down the chain of answers the closest node was found.
+        result.hops = depth[result.nodes[0].id] if result.nodes else 0
         return result
 
     async def _query(self, contact: Node, target: bytes, find_value: bool,
@@ -515,7 +543,12 @@ class GridDht:
             for addr in addrs:
                 nursery.start_soon(one, addr)
         if answered:
-            await self.lookup(self.node_id)
+            result = await self.lookup(self.node_id)
+            # The lookup's answers carried cookies: a ping with them proves
+            # our address, which is what lets those nodes add us.
+            async with trio.open_nursery() as nursery:
+                for n in result.nodes:
+                    nursery.start_soon(self.ping, (n.ip, n.port), n.id)
         return answered
 
     async def refresh(self) -> None:
@@ -531,9 +564,7 @@ class GridDht:
 
     async def _ping_head(self, head: Node) -> None:
         """Ask a full bucket's oldest contact whether it is still there."""
-        if await self.ping((head.ip, head.port), expect_id=head.id) is None:
-            self._forget(head.id)  # a full bucket's silent head makes room at once
-            self.counters["contacts_evicted"] += 1
+        await self.ping((head.ip, head.port), expect_id=head.id)  # failures evict it
 
     async def get(self, key: bytes) -> list[SignedRecord]:
         """The union of fresh, valid records under ``key`` from the k closest nodes."""
