@@ -239,12 +239,12 @@ class GridDht:
             if len(reply) <= req.size:
                 await self._send(reply, addr)
             return
-        reply = encode_response(self.key.signing_key, self.cert, req.msg_id, _now_ms(), result)
-        await self._send(reply, addr)
         self.book.prove(peer, now)  # proved and talking: keep it proved
         self.last_seen[req.sender] = time.time()
         if req.sender not in self.revoked:
             self.router.add_contact(Node(req.sender, addr[0], addr[1]))
+        reply = encode_response(self.key.signing_key, self.cert, req.msg_id, _now_ms(), result)
+        await self._send(reply, addr)
 
     async def _send(self, data: bytes, addr: Address) -> bool:
         if self._sock is None:

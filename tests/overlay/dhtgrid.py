@@ -18,6 +18,7 @@ class Grid:
     nursery: trio.Nursery
     nodes: list[GridDht] = field(default_factory=list)
     scopes: dict[bytes, trio.CancelScope] = field(default_factory=dict)
+    stopped: dict[bytes, trio.Event] = field(default_factory=dict)
 
     def member(self, name: str = "site") -> tuple[KeyPair, Certificate]:
         key = KeyPair.generate()
@@ -33,23 +34,32 @@ class Grid:
             node = GridDht(*self.member(f"site-{len(self.nodes)}"), self.info)
         await node.bind("127.0.0.1", port)
         scope = trio.CancelScope()
+        done = trio.Event()
 
         async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                await node.serve(task_status=task_status)
+            try:
+                with scope:
+                    await node.serve(task_status=task_status)
+            finally:
+                done.set()
 
         await self.nursery.start(serve)
         self.scopes[node.node_id] = scope
+        self.stopped[node.node_id] = done
         self.nodes.append(node)
         if bootstrap is not None:
             assert node.address is not None and bootstrap.address is not None
             assert await node.bootstrap([bootstrap.address]) == 1
         return node
 
-    def stop(self, node: GridDht) -> None:
-        """Stop a node without warning: its socket closes, nobody is told."""
+    def stop(self, node: GridDht) -> trio.Event:
+        """Stop a node without warning: its socket closes, nobody is told.
+
+        Returns an event that is set once the socket is closed.
+        """
         self.scopes.pop(node.node_id).cancel()
         self.nodes.remove(node)
+        return self.stopped.pop(node.node_id)
 
     async def grow(self, n: int, rng: random.Random) -> list[GridDht]:
         added = []

@@ -280,8 +280,7 @@ async def test_a_new_id_at_an_old_address_replaces_the_old_entry():
         assert old.address is not None
         port = old.address[1]
         assert old.node_id in {c.node_id for c in hub.contacts()}
-        grid.stop(old)
-        await trio.sleep(0.05)  # let the old socket close
+        await grid.stop(old).wait()  # its socket is closed: the port is free
         new = await grid.start(port=port, bootstrap=hub)
         ids = {c.node_id for c in hub.contacts()}
         assert new.node_id in ids and old.node_id not in ids
