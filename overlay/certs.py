@@ -21,6 +21,7 @@ against a grid, a clock and a revocation list.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ._errors import BadMessage
 from ._wire import expect, open_envelope_untrusted, seal, verify_body
@@ -132,8 +133,9 @@ class Certificate:
     body: bytes = field(default=b"", compare=False, repr=False)
     sig: bytes = field(default=b"", compare=False, repr=False)
 
-    @property
+    @cached_property
     def subject_id(self) -> bytes:
+        # Asked for every datagram a node receives: hashed once per certificate.
         return node_id_of(self.subject_key)
 
     @classmethod
