@@ -581,6 +581,10 @@ class GridDht:
             for head in heads:  # answered (or not) in the background
                 self._background.start_soon(self._ping_head, head)
         self.store.purge(time.time(), self.revoked)
+        # Keep last-seen times only for contacts still held: bounded by the table.
+        held = {n.id for b in self.router.buckets
+                for n in (*b.nodes.values(), *b.replacement_nodes.values())}
+        self.last_seen = {i: t for i, t in self.last_seen.items() if i in held}
 
     async def _ping_head(self, head: Node) -> None:
         """Ask a full bucket's oldest contact whether it is still there."""

@@ -119,6 +119,13 @@ def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
+def _join_summary(out: dict[str, Any], joins: list[float], t0: float) -> None:
+    """The join figures both implementations report."""
+    out["join_seconds"] = round(time.perf_counter() - t0, 3)
+    out["join_p50_ms"] = ms(percentile(joins, 50))
+    out["join_p99_ms"] = ms(percentile(joins, 99))
+
+
 def mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -268,9 +275,7 @@ async def _ours(n: int, lookups: int, seed: int, refresh_batch: int, lookup_cap:
                     join_failures += 1
                 joins.append(time.perf_counter() - t)
                 progress.step(i)
-        out["join_seconds"] = round(time.perf_counter() - t0, 3)
-        out["join_p50_ms"] = ms(percentile(joins, 50))
-        out["join_p99_ms"] = ms(percentile(joins, 99))
+        _join_summary(out, joins, t0)
         out["join_failures"] = join_failures
         out["join_truncated"] = cap.cancelled_caught
         counters = {"after_join": _counters(nodes)}
@@ -382,9 +387,7 @@ async def _plain(n: int, lookups: int, seed: int, phase_cap: float) -> dict[str,
             await servers[i].bootstrap([addrs[boot]])
             joins.append(time.perf_counter() - t)
             progress.step(i)
-        out["join_seconds"] = round(time.perf_counter() - t0, 3)
-        out["join_p50_ms"] = ms(percentile(joins, 50))
-        out["join_p99_ms"] = ms(percentile(joins, 99))
+        _join_summary(out, joins, t0)
         out["join_truncated"] = truncated
         contacts = [sum(len(b) for b in s.protocol.router.buckets) for s in servers]
         out["contacts_mean"] = round(sum(contacts) / n, 1)
