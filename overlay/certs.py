@@ -8,7 +8,8 @@ thing               signed by                   fields after the tag
 grid info           the authority (self)        version, name, authority key, created, bootstrap
 certificate         the authority               version, kind, grid id, subject key, name,
                                                 roles, not_before, not_after, issuer key
-join request        the requesting key (self)   version, grid id, subject key, name, roles, created
+join request        the requesting key (self)   version, grid id, subject key, name, roles,
+                                                created, kind
 revocation list     the authority               version, grid id, serial, issued_at, revoked ids
 ==================  ==========================  =====================
 
@@ -34,6 +35,8 @@ REVOCATIONS_TAG = b"gridnode/revocations/v1"
 
 VERSION = 1
 ROLES = ("queue", "storage", "catalog", "compute")
+# A user's roles: what a user may do beyond reading and acting (issue 4).
+USER_ROLES = ("admin",)
 KINDS = ("node", "user")
 KEY_SIZE = 32
 MAX_NAME = 128
@@ -54,11 +57,17 @@ def _check_name(name: object) -> str:
     return name
 
 
-def _check_roles(roles: object) -> tuple[str, ...]:
+def roles_for(kind: str) -> tuple[str, ...]:
+    """The roles a certificate of ``kind`` may carry."""
+    return USER_ROLES if kind == "user" else ROLES
+
+
+def _check_roles(roles: object, kind: str = "node") -> tuple[str, ...]:
     if not isinstance(roles, list):
         raise BadMessage("roles must be a list")
+    known = roles_for(kind)
     for r in roles:
-        expect(r in ROLES, f"unknown role {r!r} (known: {', '.join(ROLES)})")
+        expect(r in known, f"unknown {kind} role {r!r} (known: {', '.join(known)})")
     expect(len(set(roles)) == len(roles), "roles repeat")
     return tuple(roles)
 
@@ -167,7 +176,7 @@ class Certificate:
         # whatever grid we judge it for: refuse it at the door.
         verify_body(issuer, body, sig)
         return cls(kind, grid_id, _check_key(subject, "subject key"), _check_name(name),
-                   _check_roles(roles), _check_int(nb, "not_before"),
+                   _check_roles(roles, kind), _check_int(nb, "not_before"),
                    _check_int(na, "not_after"), issuer, data, body, sig)
 
 
@@ -210,6 +219,7 @@ class JoinRequest:
     name: str
     roles: tuple[str, ...]
     created: int
+    kind: str = "node"
     raw: bytes = field(default=b"", compare=False, repr=False)
 
     @property
@@ -218,21 +228,22 @@ class JoinRequest:
 
     @classmethod
     def create(cls, key: KeyPair, grid: GridInfo, name: str, roles: tuple[str, ...],
-               created: int) -> JoinRequest:
+               created: int, kind: str = "node") -> JoinRequest:
         raw = seal(JOIN_REQUEST_TAG, [VERSION, grid.grid_id, key.public_key, name,
-                                      list(roles), created], key.signing_key)
+                                      list(roles), created, kind], key.signing_key)
         return cls.from_bytes_untrusted(raw)
 
     @classmethod
     def from_bytes_untrusted(cls, data: bytes) -> JoinRequest:
-        (_, grid_id, subject, name, roles, created), body, sig = _fields(
-            JOIN_REQUEST_TAG, data, 6)
+        (_, grid_id, subject, name, roles, created, kind), body, sig = _fields(
+            JOIN_REQUEST_TAG, data, 7)
         subject = _check_key(subject, "subject key")
         # Proof of possession: the request is signed by the key it asks for.
         verify_body(subject, body, sig)
         expect(isinstance(grid_id, bytes) and len(grid_id) == 20, "bad grid id")
-        return cls(grid_id, subject, _check_name(name), _check_roles(roles),
-                   _check_int(created, "created"), data)
+        expect(kind in KINDS, f"unknown request kind {kind!r}")
+        return cls(grid_id, subject, _check_name(name), _check_roles(roles, kind),
+                   _check_int(created, "created"), kind, data)
 
 
 # -- revocation lists ---------------------------------------------------------------

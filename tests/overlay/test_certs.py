@@ -41,6 +41,7 @@ from overlay.certs import (
     MAX_NAME,
     REVOCATIONS_TAG,
     VERSION,
+    roles_for,
 )
 from overlay.records import (
     CAPACITY_KEYS,
@@ -96,8 +97,8 @@ def _is_name(x: object) -> bool:
     return isinstance(x, str) and 0 < len(x) <= MAX_NAME and x.isprintable()
 
 
-def _is_roles(x: object) -> bool:
-    return (isinstance(x, tuple) and all(r in ROLES for r in x)
+def _is_roles(x: object, kind: str = "node") -> bool:
+    return (isinstance(x, tuple) and all(r in roles_for(kind) for r in x)
             and len(set(x)) == len(x))
 
 
@@ -116,7 +117,7 @@ def _check_invariants(obj: object, data: bytes) -> None:
         assert isinstance(obj.subject_key, bytes) and len(obj.subject_key) == 32
         assert isinstance(obj.issuer_key, bytes) and len(obj.issuer_key) == 32
         assert _is_name(obj.name)
-        assert _is_roles(obj.roles)
+        assert _is_roles(obj.roles, obj.kind)
         assert _is_uint63(obj.not_before) and _is_uint63(obj.not_after)
         assert obj.raw == data
         # It verifies against its own issuer (checked at the door).
@@ -125,7 +126,8 @@ def _check_invariants(obj: object, data: bytes) -> None:
         assert isinstance(obj.grid_id, bytes) and len(obj.grid_id) == 20
         assert isinstance(obj.subject_key, bytes) and len(obj.subject_key) == 32
         assert _is_name(obj.name)
-        assert _is_roles(obj.roles)
+        assert _is_roles(obj.roles, obj.kind)
+        assert obj.kind in KINDS
         assert _is_uint63(obj.created)
         assert obj.raw == data
     elif isinstance(obj, RevocationList):
@@ -349,6 +351,8 @@ def test_grid_info_round_trip_any(name: str, created: int, bootstrap: tuple[str,
        not_before=_times, length=st.integers(1, 2**40))
 def test_certificate_round_trip_any(kind: str, name: str, roles: tuple[str, ...],
                                     not_before: int, length: int) -> None:
+    if kind == "user":
+        roles = ("admin",) if roles else ()
     cert = Certificate.issue(AUTH, kind=kind, subject_key=NODE.public_key, name=name,
                              roles=roles, not_before=not_before,
                              not_after=not_before + length)
@@ -538,7 +542,8 @@ SIGNED_SHAPES: dict[str, tuple[str, st.SearchStrategy[bytes]]] = {
         CERT_TAG, AUTH, ["node", GRID.grid_id, NODE.public_key, "site", ["queue"],
                          NOW - 10, NOW + 10, AUTH.public_key])),
     "join-request": ("join-request", _signed_fields_strategy(
-        JOIN_REQUEST_TAG, NODE, [GRID.grid_id, NODE.public_key, "site", ["queue"], NOW])),
+        JOIN_REQUEST_TAG, NODE,
+        [GRID.grid_id, NODE.public_key, "site", ["queue"], NOW, "node"])),
     "revocation-list": ("revocation-list", _signed_fields_strategy(
         REVOCATIONS_TAG, AUTH, [GRID.grid_id, 1, NOW, [NODE2.id]])),
     "node-record": ("node-record", _signed_fields_strategy(
@@ -570,7 +575,8 @@ def test_signed_shape_control_decodes(shape: str) -> None:
                                        "site", ["queue"], NOW - 10, NOW + 10,
                                        AUTH.public_key], AUTH.signing_key),
         "join-request": seal(JOIN_REQUEST_TAG, [VERSION, GRID.grid_id, NODE.public_key,
-                                                "site", ["queue"], NOW], NODE.signing_key),
+                                                "site", ["queue"], NOW, "node"],
+                             NODE.signing_key),
         "revocation-list": seal(REVOCATIONS_TAG, [VERSION, GRID.grid_id, 1, NOW, [NODE2.id]],
                                 AUTH.signing_key),
         "node-record": seal(RECORD_TAG, [VERSION, node_record_key(NODE.id), "node", CERT.raw,
@@ -863,8 +869,8 @@ VALID_FIELDS: dict[bytes, tuple[list[Any], KeyPair, Callable[[bytes], object]]] 
                     GridInfo.from_bytes_untrusted),
     CERT_TAG: ([VERSION, "node", GRID.grid_id, NODE.public_key, "site", ["queue"],
                 NOW - 10, NOW + 10, AUTH.public_key], AUTH, _decode_cert_and_check),
-    JOIN_REQUEST_TAG: ([VERSION, GRID.grid_id, NODE.public_key, "site", ["queue"], NOW], NODE,
-                       JoinRequest.from_bytes_untrusted),
+    JOIN_REQUEST_TAG: ([VERSION, GRID.grid_id, NODE.public_key, "site", ["queue"], NOW,
+                        "node"], NODE, JoinRequest.from_bytes_untrusted),
     REVOCATIONS_TAG: ([VERSION, GRID.grid_id, 1, NOW, []], AUTH,
                       lambda d: RevocationList.from_bytes_untrusted(d, GRID)),
     RECORD_TAG: ([VERSION, node_record_key(NODE.id), "node", CERT.raw, 1, NOW + 10,
@@ -901,7 +907,7 @@ def test_grid_info_with_substituted_authority_key_is_refused() -> None:
 
 def test_join_request_must_be_signed_by_its_subjectfixed_key() -> None:
     raw = seal(JOIN_REQUEST_TAG, [VERSION, GRID.grid_id, NODE.public_key, "site-a",
-                                  ["queue"], NOW], NODE2.signing_key)
+                                  ["queue"], NOW, "node"], NODE2.signing_key)
     with pytest.raises(BadMessage, match="bad signature"):
         JoinRequest.from_bytes_untrusted(raw)
 
@@ -909,9 +915,9 @@ def test_join_request_must_be_signed_by_its_subjectfixed_key() -> None:
 def test_join_request_with_tampered_fields_is_refused() -> None:
     body, sig = msgpack.unpackb(JOIN.raw)
     inner = msgpack.unpackb(body)
-    # inner is [tag, version, grid id, subject key, name, roles, created]
+    # inner is [tag, version, grid id, subject key, name, roles, created, kind]
     for i, value in [(2, OTHER_GRID.grid_id), (3, NODE2.public_key), (4, "site-b"),
-                     (5, list(ROLES)), (6, NOW + 1)]:
+                     (5, list(ROLES)), (6, NOW + 1), (7, "user")]:
         tampered = list(inner)
         tampered[i] = value
         with pytest.raises(BadMessage, match="bad signature"):
@@ -948,3 +954,28 @@ def test_revocation_list_with_tampered_ids_is_refused() -> None:
     inner[5] = []
     with pytest.raises(BadMessage, match="bad signature"):
         RevocationList.from_bytes_untrusted(packb([packb(inner), sig]), GRID)
+
+
+# -- user certificates and user join requests (issue 4) ----------------------------------
+
+
+def test_user_request_round_trips_with_the_admin_role() -> None:
+    req = JoinRequest.create(NODE2, GRID, "alice", ("admin",), NOW, kind="user")
+    back = JoinRequest.from_bytes_untrusted(req.raw)
+    assert (back.kind, back.roles, back.name) == ("user", ("admin",), "alice")
+
+
+@pytest.mark.parametrize("kind, role", [("user", "queue"), ("node", "admin")])
+def test_roles_of_the_other_kind_are_refused(kind: str, role: str) -> None:
+    with pytest.raises(BadMessage, match=f"unknown {kind} role"):
+        JoinRequest.create(NODE2, GRID, "x", (role,), NOW, kind=kind)
+    with pytest.raises(BadMessage, match=f"unknown {kind} role"):
+        Certificate.issue(AUTH, kind=kind, subject_key=NODE2.public_key, name="x",
+                          roles=(role,), not_before=NOW, not_after=NOW + 10)
+
+
+def test_request_of_an_unknown_kind_is_refused() -> None:
+    raw = seal(JOIN_REQUEST_TAG, [VERSION, GRID.grid_id, NODE2.public_key, "x", [], NOW,
+                                  "robot"], NODE2.signing_key)
+    with pytest.raises(BadMessage, match="unknown request kind"):
+        JoinRequest.from_bytes_untrusted(raw)

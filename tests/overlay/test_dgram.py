@@ -52,7 +52,8 @@ YEAR = 365 * 86400
 def _cert(key: KeyPair, authority: KeyPair = AUTH, *, kind: str = "node",
           not_after: int = NOW + YEAR) -> Certificate:
     return Certificate.issue(authority, kind=kind, subject_key=key.public_key, name="site",
-                             roles=("storage",), not_before=NOW - 3600, not_after=not_after)
+                             roles=("storage",) if kind == "node" else (),
+                             not_before=NOW - 3600, not_after=not_after)
 
 
 CERT = _cert(MEMBER)
