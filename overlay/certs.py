@@ -48,7 +48,14 @@ MAX_REVOKED = 2048
 
 
 class CertificateRejected(BadMessage):
-    """A well-formed certificate that this grid does not accept (now)."""
+    """A well-formed certificate that this grid does not accept (now).
+
+    ``code`` names the reason in one word, for counters and logs.
+    """
+
+    def __init__(self, message: str, code: str = "rejected") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _check_name(name: object) -> str:
@@ -193,20 +200,24 @@ def check_certificate(cert: Certificate, grid: GridInfo, now: float, *,
     if cert.issuer_key != grid.authority_key or cert.grid_id != grid.grid_id:
         raise CertificateRejected(
             f"certificate was issued by grid {cert.grid_id.hex()[:16]}, "
-            f"not by this grid {grid.grid_id.hex()[:16]}")
+            f"not by this grid {grid.grid_id.hex()[:16]}", "wrong_grid")
     if kind is not None and cert.kind != kind:
-        raise CertificateRejected(f"certificate is for a {cert.kind}, expected a {kind}")
+        raise CertificateRejected(f"certificate is for a {cert.kind}, expected a {kind}",
+                                  "wrong_kind")
     if subject_key is not None and cert.subject_key != subject_key:
         raise CertificateRejected(
             f"certificate is for key {node_id_of(cert.subject_key).hex()[:16]}, "
-            f"not for this key {node_id_of(subject_key).hex()[:16]}")
+            f"not for this key {node_id_of(subject_key).hex()[:16]}", "wrong_key")
     if now + CLOCK_SKEW < cert.not_before:
-        raise CertificateRejected("certificate is not valid yet (check the clock)")
+        raise CertificateRejected("certificate is not valid yet (check the clock)",
+                                  "not_yet_valid")
     if now - CLOCK_SKEW > cert.not_after:
-        raise CertificateRejected("certificate has expired; ask the grid admin for a new one")
+        raise CertificateRejected("certificate has expired; ask the grid admin for a new one",
+                                  "expired")
     if cert.subject_id in revoked:
         raise CertificateRejected(
-            f"certificate of {cert.subject_id.hex()} was revoked by the grid authority")
+            f"certificate of {cert.subject_id.hex()} was revoked by the grid authority",
+            "revoked")
 
 
 # -- join requests --------------------------------------------------------------------
