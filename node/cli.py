@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -17,6 +18,7 @@ import trio
 
 from overlay import (
     ROLES,
+    USER_ROLES,
     BadMessage,
     Certificate,
     GridInfo,
@@ -28,10 +30,12 @@ from overlay import (
 )
 
 from .admin import admin_call
+from .client import Client
 from .config import Config, load_config, render_config
 from .datadir import DataDir, default_data_dir, read_grid_info, read_node_cert, write_atomic
 from .errors import UsageError, UserError, first_user_error
 from .logs import setup_logging
+from .userdir import GridMembership, UserDir, default_user_dir, read_user_cert
 
 DAY = 86400
 MAX_DAYS = 100 * 366
@@ -70,7 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="gridnode", description="A peer-to-peer grid node.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    q = sub.add_parser("init", parents=[common], help="create a node (and a grid, without --grid)")
+    user_dir = _Parser(add_help=False)
+    user_dir.add_argument("--user-dir", type=Path, default=None,
+                          help="user keys and certs (default: $GRIDNODE_USER_DIR, "
+                          "else ~/.config/gridnode)")
+
+    q = sub.add_parser("init", parents=[common, user_dir],
+                       help="create a node (and a grid with its admin user, without --grid)")
     q.add_argument("--grid", type=Path, help="grid.info of the grid to join")
     q.add_argument("--name", help="name of a new grid (default: local-grid)")
     q.add_argument("--site", help="site name for this node (default: the host name)")
@@ -85,16 +95,40 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     q.add_argument("--config", type=Path, help="config file (default: DATA_DIR/config.toml)")
 
-    sub.add_parser("status", parents=[common, as_json], help="show this node's status")
-    sub.add_parser("peers", parents=[common, as_json], help="list the grid nodes this node knows")
+    reach = _Parser(add_help=False, parents=[user_dir])
+    reach.add_argument("--via", metavar="HOST:PORT",
+                       help="reach this node over the network (default: the node of --data-dir)")
+    reach.add_argument("--grid", dest="grid_select", metavar="GRID",
+                       help="which grid of the user dir (id prefix or name)")
+
+    sub.add_parser("status", parents=[common, as_json, reach], help="show a node's status")
+    sub.add_parser("peers", parents=[common, as_json, reach],
+                   help="list the grid nodes a node knows")
+    q = sub.add_parser("ping", parents=[common, as_json, reach],
+                       help="round trip to a node, or through it to NODE_ID")
+    q.add_argument("node_id", nargs="?", help="40 hex digits: ping this node through --via")
+    q.add_argument("--count", type=int, default=1, help="number of pings (default 1)")
+    sub.add_parser("whoami", parents=[common, as_json, reach],
+                   help="who the node sees you as, and what you may do")
+
+    u = sub.add_parser("user", help="user keys and certificates").add_subparsers(
+        dest="user_command", required=True, parser_class=_Parser)
+    q = u.add_parser("init", parents=[user_dir], help="make a user key and a join request")
+    q.add_argument("--grid", type=Path, required=True, help="grid.info of the grid")
+    q.add_argument("--name", help="user name (default: the login name)")
+    q.add_argument("--admin", action="store_true", help="ask for the admin role")
+    q = u.add_parser("install", parents=[user_dir], help="install a user certificate")
+    q.add_argument("cert", type=Path)
+    u.add_parser("list", parents=[user_dir, as_json], help="list the grids of the user dir")
 
     g = sub.add_parser("grid", help="grid authority commands").add_subparsers(
         dest="grid_command", required=True, parser_class=_Parser)
-    q = g.add_parser("admit", parents=[common], help="sign a node's join request")
+    q = g.add_parser("admit", parents=[common], help="sign a node's or user's join request")
     q.add_argument("request", type=Path)
     q.add_argument("--out", type=Path, required=True, help="where to write the certificate")
     q.add_argument("--days", type=int, default=365, help="certificate lifetime (default 365)")
-    q.add_argument("--roles", type=_roles, help="grant these roles instead of the requested ones")
+    q.add_argument("--roles", help="grant these roles instead of the requested ones "
+                   f"(nodes: {','.join(ROLES)}; users: {','.join(USER_ROLES)}; '' for none)")
     q = g.add_parser("revoke", parents=[common], help="revoke a node's or user's certificate")
     q.add_argument("node_id", help="40 hex digits, as 'gridnode peers' shows")
     g.add_parser("info", parents=[common, as_json], help="show the grid this data dir belongs to")
@@ -149,15 +183,17 @@ def cmd_init(args: argparse.Namespace) -> int:
         cert = Certificate.issue(authority, kind="node", subject_key=key.public_key, name=site,
                                  roles=roles, not_before=now, not_after=now + 365 * DAY)
         write_atomic(dd.node_cert, cert.raw)
-        user = KeyPair.generate()
-        write_key(dd.user_key, user)
-        user_cert = Certificate.issue(authority, kind="user", subject_key=user.public_key,
-                                      name=getpass.getuser(), roles=(), not_before=now,
-                                      not_after=now + 365 * DAY)
-        write_atomic(dd.user_cert, user_cert.raw)
         write_atomic(dd.config, render_config(cfg).encode())
+        # The quick start needs no ceremony: the grid's creator is its first admin user.
+        member = UserDir(args.user_dir or default_user_dir()).membership(grid.grid_id)
+        user = _new_user_key(member, grid)
+        user_cert = Certificate.issue(authority, kind="user", subject_key=user.public_key,
+                                      name=_login_name(), roles=("admin",), not_before=now,
+                                      not_after=now + 365 * DAY)
+        write_atomic(member.user_cert, user_cert.raw)
         print(f"new grid {grid.name} ({grid.grid_id.hex()}) with node {key.id.hex()} "
-              f"in {dd.root}; start it with: gridnode run --data-dir {dd.root}")
+              f"in {dd.root}, admin user {user_cert.name} in {member.root}; "
+              f"start it with: gridnode run --data-dir {dd.root}")
         return 0
     write_atomic(dd.grid_info, grid.raw)
     request = JoinRequest.create(key, grid, site, roles, now)
@@ -204,9 +240,41 @@ async def _serve_until_signal(run_node: Any, cfg: Config, dd: DataDir) -> None:
             nursery.start_soon(stop_on_signal)
 
 
+def _remote(args: argparse.Namespace, work: Callable[[Client], Awaitable[Any]]) -> Any:
+    """Run ``work`` on a Client connected as the flags say; errors become one line."""
+    from overlay import BadMessage, RpcError
+
+    data_dir = args.data_dir
+    if data_dir is None and (args.via is None or default_data_dir().exists()):
+        data_dir = default_data_dir()
+
+    async def run() -> Any:
+        async with Client.connect(args.via, data_dir=data_dir, user_dir=args.user_dir,
+                                  grid=args.grid_select) as client:
+            return await work(client)
+
+    try:
+        return trio.run(run)
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, UserError | RpcError | BadMessage):
+            raise UserError(str(leaf)) from None
+        raise
+    except (RpcError, BadMessage) as exc:
+        raise UserError(str(exc)) from None
+
+
+def _status(args: argparse.Namespace) -> dict[str, Any]:
+    if args.via is not None:
+        return dict(_remote(args, lambda c: c.status()))
+    return dict(admin_call(_datadir(args).admin_socket, "status"))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    dd = _datadir(args)
-    s = admin_call(dd.admin_socket, "status")
+    s = _status(args)
+    ch = s.get("channel", {})
     refused = ", ".join(f"{k}={v}" for k, v in sorted(s["refused"].items()))
     text = "\n".join([
         f"id          {s['id']}",
@@ -218,6 +286,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"peers known {s['peers_known']}",
         f"dht         {s['dht']['contacts']} contacts, {s['dht']['records_held']} records held, "
         f"{s['dht'].get('datagrams_refused', 0)} datagrams refused",
+        f"channel     {ch.get('channels_open', 0)} open, {ch.get('handshakes_ok', 0)} "
+        f"handshakes, {ch.get('handshakes_refused', 0)} refused, "
+        f"{ch.get('handshake_timeouts', 0)} timed out, {ch.get('calls', 0)} calls",
         f"refused     {refused}",
     ])
     _print(s, args.json, text)
@@ -232,8 +303,10 @@ def _age(seconds: float) -> str:
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    dd = _datadir(args)
-    peers = admin_call(dd.admin_socket, "peers")
+    if args.via is not None:
+        peers = _remote(args, lambda c: c.peers())
+    else:
+        peers = admin_call(_datadir(args).admin_socket, "peers")
     rows = [f"{'ID':<40}  {'SITE':<16}  {'ADDRESSES':<22}  {'ROLES':<28}  LAST SEEN"]
     rows += [f"{p['id']:<40}  {p['site']:<16}  {','.join(p['addresses']):<22}  "
              f"{','.join(p['roles']):<28}  {_age(p['last_seen'])}" for p in peers]
@@ -241,7 +314,93 @@ def cmd_peers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_id(text: str) -> bytes:
+    try:
+        node_id = bytes.fromhex(text)
+    except ValueError:
+        node_id = b""
+    if len(node_id) != 20:
+        raise UsageError(f"{text!r} is not a node id (40 hex digits)")
+    return node_id
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    target = _node_id(args.node_id) if args.node_id else None
+    if not 1 <= args.count <= 10000:
+        raise UsageError("--count must be from 1 to 10000")
+
+    async def pings(client: Client) -> list[dict[str, Any]]:
+        return [await client.ping(target) for _ in range(args.count)]
+
+    answers = _remote(args, pings)
+    rows = [{"id": a["id"].hex(), "site": a["site"], "total_ms": round(a["total_ms"], 3),
+             "forwarded_ms": round(a["rtt_ms"], 3) if "rtt_ms" in a else None,
+             "address": a.get("address")} for a in answers]
+    lines = [f"pong from {r['id']} (site {r['site']}) in {r['total_ms']:.2f} ms"
+             + (f", {r['forwarded_ms']:.2f} ms from the node we asked to {r['address']}"
+                if r["forwarded_ms"] is not None else "") for r in rows]
+    _print(rows if args.count > 1 else rows[0], args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    async def ask(client: Client) -> dict[str, Any]:
+        return {**await client.whoami(), "speaking_as": client.identity.source}
+
+    w = _remote(args, ask)
+    info = {"id": w["id"].hex(), "kind": w["kind"], "name": w["name"], "roles": w["roles"],
+            "grid": w["grid"].hex(), "access": w["access"], "not_after": w["not_after"],
+            "node": w["node"].hex(), "site": w["site"], "speaking_as": w["speaking_as"]}
+    text = "\n".join([
+        f"you are     {info['kind']} {info['name']} ({info['id']})",
+        f"roles       {','.join(info['roles']) or 'none'}",
+        f"may         {', '.join(info['access'])}",
+        f"grid        {info['grid']}",
+        f"cert until  {time.strftime('%Y-%m-%d', time.gmtime(info['not_after']))}",
+        f"seen by     node {info['node']} (site {info['site']})",
+        f"speaking as {info['speaking_as']}",
+    ])
+    _print(info, args.json, text)
+    return 0
+
+
 # -- grid and cert ---------------------------------------------------------
+
+
+def _login_name() -> str:
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "user"
+    return name if 0 < len(name) <= 128 and name.isprintable() else "user"
+
+
+def _new_user_key(member: GridMembership, grid: GridInfo) -> KeyPair:
+    """A fresh user key in the grid's user-dir entry, with the grid's info beside it."""
+    if member.user_key.exists():
+        raise UserError(f"{member.root} already holds a user key for grid {grid.name}")
+    member.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(member.root, 0o700)
+    write_atomic(member.grid_info, grid.raw)
+    key = KeyPair.generate()
+    try:
+        write_key(member.user_key, key)
+    except IdentityError as exc:
+        raise UserError(str(exc)) from None
+    return key
+
+
+def _granted_roles(text: str | None, request: JoinRequest) -> tuple[str, ...]:
+    if text is None:
+        return request.roles
+    roles = tuple(r.strip() for r in text.split(",") if r.strip())
+    known = USER_ROLES if request.kind == "user" else ROLES
+    for r in roles:
+        if r not in known:
+            raise UsageError(f"unknown {request.kind} role {r!r} (known: {','.join(known)})")
+    if len(set(roles)) != len(roles):
+        raise UsageError(f"--roles {text!r} repeats a role")
+    return roles
 
 
 def cmd_grid_admit(args: argparse.Namespace) -> int:
@@ -261,14 +420,18 @@ def cmd_grid_admit(args: argparse.Namespace) -> int:
         raise UserError(f"join request {args.request} is for grid {request.grid_id.hex()}, "
                         f"not this grid {grid.grid_id.hex()}")
     if request.subject_id in dd.load_authority_revocations(grid).revoked:
-        raise UserError(f"node {request.subject_id.hex()} was revoked; it needs a new key")
+        raise UserError(f"{request.kind} {request.subject_id.hex()} was revoked; "
+                        f"it needs a new key")
+    roles = _granted_roles(args.roles, request)
     now = int(time.time())
-    cert = Certificate.issue(authority, kind="node", subject_key=request.subject_key,
-                             name=request.name, roles=args.roles or request.roles,
+    cert = Certificate.issue(authority, kind=request.kind, subject_key=request.subject_key,
+                             name=request.name, roles=roles,
                              not_before=now, not_after=now + args.days * DAY)
     write_atomic(args.out, cert.raw)
-    print(f"admitted node {request.subject_id.hex()} (site {request.name}, roles "
-          f"{','.join(cert.roles)}) until {time.strftime('%Y-%m-%d', time.gmtime(cert.not_after))}"
+    what = "site" if request.kind == "node" else "name"
+    print(f"admitted {request.kind} {request.subject_id.hex()} ({what} {request.name}, roles "
+          f"{','.join(cert.roles) or 'none'}) until "
+          f"{time.strftime('%Y-%m-%d', time.gmtime(cert.not_after))}"
           f"; certificate written to {args.out}")
     return 0
 
@@ -327,25 +490,91 @@ def cmd_cert_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- users -----------------------------------------------------------------
+
+
+def _user_dir(args: argparse.Namespace) -> UserDir:
+    return UserDir(args.user_dir or default_user_dir())
+
+
+def cmd_user_init(args: argparse.Namespace) -> int:
+    grid = read_grid_info(args.grid)
+    name = _check_name(args.name or _login_name(), "user name")
+    member = _user_dir(args).membership(grid.grid_id)
+    key = _new_user_key(member, grid)
+    request = JoinRequest.create(key, grid, name, ("admin",) if args.admin else (),
+                                 int(time.time()), kind="user")
+    write_atomic(member.join_request, request.raw)
+    print(f"user {name} ({key.id.hex()}) for grid {grid.name} in {member.root}; send "
+          f"{member.join_request} to the grid admin, then run: gridnode user install CERT")
+    return 0
+
+
+def cmd_user_install(args: argparse.Namespace) -> int:
+    try:
+        cert = Certificate.from_bytes_untrusted(args.cert.read_bytes())
+    except FileNotFoundError:
+        raise UserError(f"certificate {args.cert} does not exist") from None
+    except BadMessage as exc:
+        raise UserError(f"certificate {args.cert} is corrupt or tampered ({exc})") from None
+    member = _user_dir(args).membership(cert.grid_id)
+    if not member.user_key.exists():
+        raise UserError(f"{args.cert} is for grid {cert.grid_id.hex()}, for which the user dir "
+                        f"holds no key; run 'gridnode user init --grid GRID.INFO' first")
+    grid = member.load_grid()
+    read_user_cert(args.cert, member.load_key(), grid)
+    write_atomic(member.user_cert, cert.raw)
+    print(f"installed user certificate for {cert.name} in grid {grid.name} (roles "
+          f"{','.join(cert.roles) or 'none'})")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    rows = []
+    for member, grid in _user_dir(args).memberships():
+        row: dict[str, Any] = {"grid": grid.grid_id.hex(), "grid_name": grid.name,
+                               "dir": str(member.root), "user": None, "roles": [],
+                               "not_after": None, "state": "no key"}
+        if member.user_key.exists():
+            row["state"] = "waiting for a certificate"
+            if member.user_cert.exists():
+                try:
+                    cert = member.load_cert(member.load_key(), grid)
+                    row.update(user=cert.name, roles=list(cert.roles),
+                               not_after=cert.not_after, state="admitted")
+                except UserError as exc:
+                    row["state"] = f"unusable: {exc}"
+        rows.append(row)
+    lines = [f"{'GRID':<14}{'NAME':<16}{'USER':<14}{'ROLES':<8}STATE"]
+    lines += [f"{r['grid'][:12]:<14}{r['grid_name'][:15]:<16}{(r['user'] or '-')[:13]:<14}"
+              f"{','.join(r['roles']) or '-':<8}{r['state']}" for r in rows]
+    _print(rows, args.json, "\n".join(lines))
+    return 0
+
+
 COMMANDS = {
     ("init",): cmd_init,
     ("run",): cmd_run,
     ("status",): cmd_status,
     ("peers",): cmd_peers,
+    ("ping",): cmd_ping,
+    ("whoami",): cmd_whoami,
     ("grid", "admit"): cmd_grid_admit,
     ("grid", "revoke"): cmd_grid_revoke,
     ("grid", "info"): cmd_grid_info,
     ("cert", "install"): cmd_cert_install,
     ("cert", "show"): cmd_cert_show,
+    ("user", "init"): cmd_user_init,
+    ("user", "install"): cmd_user_install,
+    ("user", "list"): cmd_user_list,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        key = (args.command,) + tuple(
-            x for x in (getattr(args, "grid_command", None), getattr(args, "cert_command", None))
-            if x)
+        sub_command = getattr(args, f"{args.command}_command", None)
+        key = (args.command,) + ((sub_command,) if sub_command else ())
         return COMMANDS[key](args)
     except (UserError, BaseExceptionGroup) as exc:
         err = first_user_error(exc)

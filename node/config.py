@@ -71,6 +71,17 @@ class DhtConfig:
 
 
 @dataclass(frozen=True)
+class ChannelConfig:
+    # Largest message plaintext on the secure channel, in bytes.
+    max_frame: int = 1024 * 1024
+    # Seconds a peer gets to finish the handshake (slow-loris bound).
+    handshake_timeout: float = 10.0
+    max_connections: int = 1024
+    # Calls one connection may have in flight before the node says overloaded.
+    max_calls_per_connection: int = 1024
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
     bootstrap: tuple[str, ...] = ()
@@ -86,6 +97,7 @@ class Config:
     record_ttl: int = 600
     capacity: Capacity = field(default_factory=Capacity)
     dht: DhtConfig = field(default_factory=DhtConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -97,7 +109,7 @@ class Config:
                 for b in self.bootstrap]
 
 
-_SECTIONS = {"capacity": Capacity, "dht": DhtConfig}
+_SECTIONS = {"capacity": Capacity, "dht": DhtConfig, "channel": ChannelConfig}
 
 
 def _check_type(key: str, value: Any, default: Any) -> Any:
@@ -161,6 +173,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("record_ttl must be longer than record_refresh")
     if not 1 <= cfg.dht.ksize <= 64 or not 1 <= cfg.dht.alpha <= cfg.dht.ksize:
         raise ConfigError("dht.ksize must be 1-64 and dht.alpha 1-ksize")
+    ch = cfg.channel
+    if not 4096 <= ch.max_frame <= 64 * 1024 * 1024:
+        raise ConfigError("channel.max_frame must be 4096-67108864 bytes")
+    if ch.handshake_timeout <= 0 or ch.max_connections < 1 or ch.max_calls_per_connection < 1:
+        raise ConfigError("channel.handshake_timeout, max_connections and "
+                          "max_calls_per_connection must be positive")
     return cfg
 
 

@@ -31,12 +31,16 @@ from overlay import (
     REVOCATIONS_KEY,
     BadMessage,
     Certificate,
+    ChannelServer,
     Contact,
+    Credentials,
     GridDht,
     GridInfo,
     KeyPair,
     NodeRecord,
     RevocationList,
+    RpcPool,
+    RpcServer,
     SignedRecord,
     node_record_key,
     provider_key,
@@ -47,6 +51,7 @@ from .config import Config, parse_hostport
 from .datadir import DataDir
 from .errors import UserError, first_user_error
 from .logs import log
+from .service import methods
 from .state import PeerRow, State, StateError, open_state
 
 logger = logging.getLogger("gridnode.daemon")
@@ -76,6 +81,16 @@ class Node:
         self.roles = tuple(r for r in cfg.roles if r in cert.roles)
         self.dht = GridDht(key, cert, grid, ksize=cfg.dht.ksize, alpha=cfg.dht.alpha)
         self.dht.set_revoked(revocations.revoked)
+        ch = cfg.channel
+        self.creds = Credentials(key, cert, grid, revocations.revoked, max_frame=ch.max_frame)
+        self.channel_counters: dict[str, int] = {}
+        self.rpc = RpcServer(methods(self), max_in_flight=ch.max_calls_per_connection,
+                             counters=self.channel_counters)
+        self.channels = ChannelServer(self.creds, self.rpc.serve_channel,
+                                      handshake_timeout=ch.handshake_timeout,
+                                      max_connections=ch.max_connections,
+                                      counters=self.channel_counters)
+        self.pool = RpcPool(self.creds)
         self.peers: dict[bytes, PeerRow] = {}
         # (seq, expires) of the newest record checked for each peer this run.
         self._record_seen: dict[bytes, tuple[int, int]] = {}
@@ -98,13 +113,7 @@ class Node:
         self.peers = {p.node_id: p for p in await self.state.peers()}
         # A second daemon on this data dir is told so before it fails on the port.
         claim_socket_path(self.datadir.admin_socket)
-        host, port = self.cfg.listen_address
-        try:
-            bound = await self.dht.bind(host, port)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise UserError(f"cannot listen on {self.cfg.listen}: {reason}; "
-                            f"pick another address or port with --listen") from None
+        bound = await self._listen()
         self.addresses = self.cfg.advertise or (
             (f"{bound[0]}:{bound[1]}",) if bound[0] not in ("0.0.0.0", "::") else ())
         dropped = sorted(set(self.cfg.roles) - set(self.roles))
@@ -114,6 +123,8 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.dht.serve)
+                await nursery.start(self.channels.serve)
+                await nursery.start(self.pool.run)
                 await nursery.start(serve_admin, self.datadir.admin_socket, self.handle_admin,
                                     self.counters)
                 log(logger, "node.started", id=self.key.id, grid=self.grid.grid_id,
@@ -126,6 +137,24 @@ class Node:
                 await self.state.upsert_peers(self.peers.values())
             log(logger, "node.stopped", id=self.key.id, peers_stored=len(self.peers),
                 reason="shutdown")
+
+    async def _listen(self) -> tuple[str, int]:
+        """The DHT (UDP) and the secure channel (TCP) share one host and port."""
+        host, port = self.cfg.listen_address
+        for attempt in range(20):
+            try:
+                tcp = await self.channels.listen(host, port)
+                try:
+                    return await self.dht.bind(host, tcp[1])
+                except OSError:
+                    self.channels.close_listeners()
+                    if port != 0 or attempt == 19:
+                        raise
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise UserError(f"cannot listen on {self.cfg.listen}: {reason}; "
+                                f"pick another address or port with --listen") from None
+        raise AssertionError("unreachable")
 
     async def _maintain(self) -> None:
         await self._bootstrap()
@@ -302,6 +331,9 @@ class Node:
     async def adopt_revocations(self, rl: RevocationList, source: str) -> None:
         self.revocations = rl
         self.dht.set_revoked(rl.revoked)
+        self.channels.set_revoked(rl.revoked)
+        for node_id in rl.revoked:
+            self.pool.close_peer(node_id)
         await self.state.set_meta(REVOCATIONS_META, rl.raw)
         gone = [i for i in self.peers if i in rl.revoked]
         for i in gone:
@@ -344,6 +376,7 @@ class Node:
             "uptime": round(time.monotonic() - self.started, 3),
             "peers_known": len(self.peers),
             "dht": self.dht.statistics(),
+            "channel": {**self.channels.statistics(), **self.pool.statistics()},
             "refused": dict(self.counters),
             "cert_expires": self.cert.not_after,
             "revocation_serial": self.revocations.serial,

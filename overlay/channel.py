@@ -226,6 +226,7 @@ class ChannelServer:
     counters: dict[str, int] = field(default_factory=dict)
     _live: dict[bytes, set[trio.CancelScope]] = field(default_factory=dict)
     _connections: int = 0
+    _listeners: list[trio.SocketListener] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("handshakes_ok", "handshakes_refused", "handshake_timeouts",
@@ -249,10 +250,24 @@ class ChannelServer:
     def statistics(self) -> dict[str, int]:
         return {**self.counters, "channels_open": self._connections}
 
-    async def serve(self, host: str, port: int, *,
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        """Bind the listening socket (OSError if it cannot be had); ``serve`` uses it."""
+        self._listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = self._listeners[0].socket.getsockname()
+        return bound[0], bound[1]
+
+    def close_listeners(self) -> None:
+        for listener in self._listeners:
+            listener.socket.close()
+        self._listeners = []
+
+    async def serve(self, host: str | None = None, port: int = 0, *,
                     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        """Accept until cancelled, on ``listen``'s socket or a new one on host:port."""
+        if not self._listeners:
+            await self.listen(host or "127.0.0.1", port)
+        listeners, self._listeners = self._listeners, []
         bound = listeners[0].socket.getsockname()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, self._accept, listeners)

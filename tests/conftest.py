@@ -40,6 +40,14 @@ def node_config(dd: DataDir, **overrides: object) -> Config:
     return load_config(dd.config, base)
 
 
+@pytest.fixture(autouse=True)
+def user_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test has its own user dir (and subprocesses inherit it): never the real one."""
+    path = tmp_path_factory.mktemp("user")
+    monkeypatch.setenv("GRIDNODE_USER_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def short_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A short directory: Unix socket paths are limited to about 100 bytes."""

@@ -118,7 +118,7 @@ def grid(template: Path, tmp_path: Path) -> Path:
 # -- a. the happy path ----------------------------------------------------------
 
 
-def test_init_admit_install_revoke_flow(tmp_path: Path) -> None:
+def test_init_admit_install_revoke_flow(tmp_path: Path, user_dir: Path) -> None:
     a, b = tmp_path / "A", tmp_path / "B"
     ok("init", "--data-dir", "A")
     ok("init", "--data-dir", "B", "--grid", "A/grid.info")
@@ -126,7 +126,9 @@ def test_init_admit_install_revoke_flow(tmp_path: Path) -> None:
     ok("grid", "admit", "--data-dir", "A", "B/join-request", "--out", "B/node.cert")
     ok("cert", "install", "--data-dir", "B", "B/node.cert")
 
-    for key in (a / "node.key", a / "authority.key", a / "user.key", b / "node.key"):
+    user_keys = list(user_dir.glob("*/user.key"))
+    assert len(user_keys) == 1  # the grid's creator is its first admin user
+    for key in (a / "node.key", a / "authority.key", b / "node.key", *user_keys):
         assert mode(key) == 0o600, key
     assert mode(a) == 0o700 and mode(b) == 0o700
     assert not (b / "authority.key").exists()
