@@ -220,6 +220,11 @@ class ClientHandshake:
         """Check the server's identity; return M3. Raises BadMessage/HandshakeRefused."""
         fields = unpackb_untrusted(m2, max_size=MAX_HANDSHAKE_FRAME)
         expect(isinstance(fields, list) and len(fields) == 3, "M2 is not [eph, header, id]")
+        if fields[0] == "refused" and all(isinstance(f, str) and len(f) < 512
+                                          for f in fields[1:]):
+            # Refused at hello, before there were keys: unauthenticated, only informative.
+            raise HandshakeRefused(f"the node refused us: {fields[2]} (unauthenticated reply)",
+                                   fields[1])
         server_eph = _check_eph(fields[0])
         try:
             rx, tx = sodium.crypto_kx_client_session_keys(self._eph_pk, self._eph_sk,
@@ -311,9 +316,10 @@ class ServerHandshake:
         session = Session(peer, self._push, pull, self.max_frame)
         return session, session.encrypt(packb(["ok"]))
 
-    def refusal(self, exc: HandshakeRefused) -> bytes | None:
-        """M4 telling a refused client why, once M2 has given it our stream."""
+    def refusal(self, exc: HandshakeRefused) -> bytes:
+        """The reply that tells a refused client why: M4 in its stream once M2 has
+        given it one; before that, in clear instead of M2 (nothing secret in it)."""
         if self._push is None:
-            return None
+            return packb(["refused", exc.code, str(exc)[:400]])
         return sodium.crypto_secretstream_xchacha20poly1305_push(
             self._push, packb(["refused", exc.code, str(exc)[:400]]), None, TAG_FINAL)

@@ -305,10 +305,11 @@ class ChannelServer:
                 await _send(stream, ok)
             except HandshakeRefused as exc:
                 self._refuse(address, exc.code, str(exc))
-                reply = hs.refusal(exc)
-                if reply is not None:
-                    with trio.move_on_after(1):
-                        await _send(stream, reply)
+                with trio.move_on_after(1):
+                    try:
+                        await _send(stream, hs.refusal(exc))
+                    except ChannelClosed:
+                        pass
                 await trio.aclose_forcefully(stream)
                 return
             except (BadMessage, ChannelClosed) as exc:

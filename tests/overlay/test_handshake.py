@@ -83,9 +83,16 @@ def _refusal(**kw: Any) -> HandshakeRefused:
     return info.value
 
 
-def test_client_of_another_grid_is_refused_at_hello() -> None:
+def test_client_of_another_grid_is_refused_at_hello_and_told_in_clear() -> None:
     other = ClientHandshake(CLIENT, cert(CLIENT, auth=OTHER_AUTH), OTHER_GRID)
     assert _refusal(client=other).code == "wrong_grid"
+    server = ServerHandshake(SERVER, SERVER_CERT, GRID)
+    with pytest.raises(HandshakeRefused) as info:
+        server.receive_hello_untrusted(other.hello())
+    with pytest.raises(HandshakeRefused, match="unauthenticated") as told:
+        other.receive_server_untrusted(server.refusal(info.value), now=NOW,
+                                       revoked=frozenset())
+    assert told.value.code == "wrong_grid"
 
 
 def test_certificate_of_another_grid_is_refused() -> None:
@@ -129,7 +136,6 @@ def test_refused_client_is_told_why_in_its_own_stream() -> None:
     with pytest.raises(HandshakeRefused) as info:
         server.receive_client_untrusted(m3, now=NOW, revoked=frozenset())
     reply = server.refusal(info.value)
-    assert reply is not None
     with pytest.raises(HandshakeRefused, match="the node refused us: .*expired") as told:
         client.receive_verdict_untrusted(reply)
     assert told.value.code == "expired"
