@@ -337,7 +337,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
              "forwarded_ms": round(a["rtt_ms"], 3) if "rtt_ms" in a else None,
              "address": a.get("address")} for a in answers]
     lines = [f"pong from {r['id']} (site {r['site']}) in {r['total_ms']:.2f} ms"
-             + (f", {r['forwarded_ms']:.2f} ms from the node we asked to {r['address']}"
+             + (f" (the node we asked reached {r['address']} in {r['forwarded_ms']:.2f} ms)"
                 if r["forwarded_ms"] is not None else "") for r in rows]
     _print(rows if args.count > 1 else rows[0], args.json, "\n".join(lines))
     return 0

@@ -9,6 +9,8 @@ Node 0 holds the grid authority; every other node is initialised with the
 grid's info, admitted by node 0's authority and bootstrapped from node 0.
 Each node has its own data dir (DIR/node-NN) and port (BASE_PORT + N).
 A data dir that exists is reused, so a second start rejoins the same grid.
+The grid's admin user is kept in DIR/user; once the nodes see each other it
+pings every node through node 0 over the secure channel.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ def prepare(root: Path, n: int, base_port: int) -> None:
         listen = f"127.0.0.1:{base_port + i}"
         site = f"site-{i:02d}"
         if i == 0:
+            # The grid's admin user lives beside the nodes, not in the real user dir.
             steps = [["init", "--data-dir", str(d), "--name", "local-grid", "--site", site,
-                      "--listen", listen]]
+                      "--listen", listen, "--user-dir", str(root / "user")]]
         else:
             steps = [
                 ["init", "--data-dir", str(d), "--grid", str(authority / "grid.info"),
@@ -98,6 +101,33 @@ def snapshot(root: Path, n: int) -> list[dict]:
                      "records_held": status["dht"]["records_held"],
                      "uptime": status["uptime"]})
     return rows
+
+
+def ping_all(root: Path, rows: list[dict]) -> None:
+    """As the grid's admin user, ping every node through node 0 over the secure channel."""
+    import trio
+
+    from node.client import Client
+    from overlay import RpcError
+
+    async def run() -> None:
+        async with Client.connect(rows[0]["addresses"][0], user_dir=root / "user") as client:
+            for r in rows:
+                try:
+                    pong = await client.ping(bytes.fromhex(r["id"]))
+                    r["ping_ms"] = round(pong["total_ms"], 2)
+                except RpcError as exc:
+                    r["ping_ms"] = None
+                    r["ping_error"] = str(exc)
+
+    try:
+        trio.run(run)
+    except Exception as exc:  # reported, not fatal: the table still shows the grid
+        log(f"ping through node-00 failed: {exc}")
+        return
+    log("admin user -> node-00 -> every node, over the secure channel: " + ", ".join(
+        f"node-{r['node']:02d} {r['ping_ms']} ms" if r.get("ping_ms") is not None
+        else f"node-{r['node']:02d} failed ({r.get('ping_error')})" for r in rows))
 
 
 def converged(rows: list[dict], n: int) -> bool:
@@ -225,6 +255,7 @@ def main() -> int:
     log(f"started {args.nodes} nodes on 127.0.0.1:{args.base_port}-{last_port}")
     try:
         rows = wait_converged(root, args.nodes, procs, args.timeout)
+        ping_all(root, rows)
         log(f"all {args.nodes} nodes see each other:")
         if args.json:
             print(json.dumps(rows, indent=2))

@@ -20,15 +20,16 @@ pytestmark = pytest.mark.slow
 
 
 def free_base_port(n: int) -> int:
-    """A base port with ``n`` free UDP ports after it."""
+    """A base port with ``n`` free UDP and TCP ports after it."""
     for _ in range(50):
         base = random.randrange(20000, 60000)
         socks = []
         try:
             for i in range(n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind(("127.0.0.1", base + i))
             return base
         except OSError:
             continue
@@ -70,12 +71,27 @@ def test_detach_list_survive_a_kill_and_stop(short_tmp):
         peers = json.loads(listed.stdout)
         assert {p["id"] for p in peers} == ids - {rows[2]["id"]}
         assert {p["site"] for p in peers} == {"site-00", "site-01", "site-03"}
-        # One node dies hard; the others keep serving.
+        # The admin user pinged every node through node 0 over the secure channel.
+        assert all(r["ping_ms"] is not None for r in rows), rows
+        user = ["--user-dir", str(short_tmp / "user")]
+        via2 = ["--via", f"127.0.0.1:{base + 2}"]
+        who = gridnode("whoami", "--json", *user, *via2)
+        assert who.returncode == 0, who.stderr
+        assert json.loads(who.stdout)["access"] == ["member", "user", "admin"]
+        ping = gridnode("ping", "--json", *user, *via2, rows[1]["id"])
+        assert ping.returncode == 0 and json.loads(ping.stdout)["id"] == rows[1]["id"]
+        # One node dies hard; the others keep serving, and asking for it through
+        # another node is a typed, one-line error, not a hang.
         os.kill(pids[1], signal.SIGKILL)
         for i in (0, 2, 3):
             status = gridnode("status", "--json", "--data-dir", str(short_tmp / f"node-{i:02d}"))
             assert status.returncode == 0, status.stderr
             assert json.loads(status.stdout)["peers_known"] == n - 1
+        gone = gridnode("ping", *user, *via2, rows[1]["id"])
+        assert gone.returncode == 1 and "did not answer" in gone.stderr, gone.stderr
+        assert gone.stderr.count("\n") == 1 and "Traceback" not in gone.stderr
+        remote = gridnode("status", "--json", *user, "--via", f"127.0.0.1:{base + 3}")
+        assert json.loads(remote.stdout)["channel"]["handshakes_ok"] >= 1
     finally:
         stop = subprocess.run([sys.executable, str(SCRIPT), "--dir", str(short_tmp), "--stop"],
                               capture_output=True, text=True, timeout=60)
@@ -105,3 +121,37 @@ def test_ctrl_c_stops_every_node(short_tmp):
     assert "stopped 3 nodes (exit codes [0])" in rest
     for i in range(3):
         assert not (short_tmp / f"node-{i:02d}" / "admin.sock").exists()
+
+
+def test_client_of_a_node_killed_under_it_gets_unavailable(short_tmp):
+    import trio
+
+    from node.client import Client
+    from overlay import Unavailable
+
+    d = short_tmp / "n"
+    base = free_base_port(1)
+    assert gridnode("init", "--data-dir", str(d), "--listen", f"127.0.0.1:{base}",
+                    "--user-dir", str(short_tmp / "u")).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "node", "run", "--data-dir", str(d)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async def main() -> None:
+            with trio.fail_after(30):
+                while not (d / "admin.sock").exists():  # noqa: ASYNC110 - another process
+                    await trio.sleep(0.05)
+            async with Client.connect(f"127.0.0.1:{base}", user_dir=short_tmp / "u") as client:
+                assert (await client.status())["pid"] == proc.pid
+                async with trio.open_nursery() as nursery:
+                    async def pings() -> None:
+                        with trio.fail_after(10), pytest.raises(Unavailable):
+                            while True:
+                                await client.ping()
+                    nursery.start_soon(pings)
+                    await trio.sleep(0.2)
+                    os.kill(proc.pid, signal.SIGKILL)  # mid-call: pings never stop
+
+        trio.run(main)
+    finally:
+        proc.kill()
+        proc.wait()
