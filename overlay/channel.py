@@ -45,7 +45,14 @@ READ_SIZE = 256 * 1024
 
 
 class ChannelClosed(Exception):
-    """The connection ended: the peer closed it, it broke, or we closed it."""
+    """The connection ended: the peer closed it, it broke, or we closed it.
+
+    ``clean`` is True only when the peer ended its stream with the final tag.
+    """
+
+    def __init__(self, message: str, *, clean: bool = False) -> None:
+        super().__init__(message)
+        self.clean = clean
 
 
 @dataclass
@@ -95,7 +102,7 @@ class SecureChannel:
             if data is not None:
                 plaintext = self._session.decrypt_untrusted(data)
                 if self._session.finished:
-                    raise ChannelClosed("peer closed the channel")
+                    raise ChannelClosed("peer closed the channel", clean=True)
                 return unpackb_untrusted(plaintext, max_size=self._session.max_frame,
                                          max_items=MAX_MESSAGE_ITEMS)
             try:
@@ -103,6 +110,9 @@ class SecureChannel:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise ChannelClosed(f"connection broke: {exc}") from None
             if not chunk:
+                if self._reader.buffered:
+                    raise BadMessage(f"connection ended inside a frame "
+                                     f"({self._reader.buffered} bytes of it): truncated")
                 raise ChannelClosed("peer closed the connection without ending the stream "
                                     "(truncated)")
             self.bytes_received += len(chunk)
@@ -231,7 +241,7 @@ class ChannelServer:
     def __post_init__(self) -> None:
         for name in ("handshakes_ok", "handshakes_refused", "handshake_timeouts",
                      "connections_refused_busy", "channels_cut_revoked", "frames_refused",
-                     "channels_closed"):
+                     "streams_truncated", "channels_closed"):
             self.counters.setdefault(name, 0)
 
     def _count(self, name: str) -> None:
@@ -335,6 +345,8 @@ class ChannelServer:
             logger.warning("channel.closed peer=%s from=%s reason=%s", subject.hex(), address,
                            exc)
         except ChannelClosed as exc:
+            if not exc.clean:
+                self._count("streams_truncated")
             logger.debug("channel.closed peer=%s from=%s reason=%s", subject.hex(), address,
                          exc)
         finally:

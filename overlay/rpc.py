@@ -141,18 +141,22 @@ class RpcServer:
         self.counters[name] = self.counters.get(name, 0) + 1
 
     async def serve_channel(self, channel: SecureChannel) -> None:
-        """Run calls from one channel until it closes; bad messages raise BadMessage."""
+        """Run calls from one channel until it closes.
+
+        Bad messages raise BadMessage, a stream cut short ChannelClosed.
+        """
         calls: dict[int, trio.CancelScope] = {}
         credits: dict[int, trio.Semaphore] = {}
         ctx = CallContext(channel.peer, channel.address)
-        error: BadMessage | None = None
+        error: BadMessage | ChannelClosed | None = None
         async with trio.open_nursery() as nursery:
             try:
                 while True:
                     msg = await channel.receive()
                     self._dispatch_untrusted(msg, channel, ctx, calls, credits, nursery)
-            except ChannelClosed:
-                pass
+            except ChannelClosed as exc:
+                if not exc.clean:
+                    error = exc  # the server counts streams cut short
             except BadMessage as exc:
                 self._count("rpc_protocol_errors")
                 error = exc

@@ -283,3 +283,21 @@ def test_ciphertext_overhead_is_one_tag() -> None:
     c, _ = handshake()
     assert len(c.encrypt(b"12345")) == 5 + ABYTES
     assert msgpack.unpackb(packb([1])) == [1]
+
+
+@pytest.mark.parametrize("cert_bytes", [b"", b"not a certificate"])
+def test_client_without_a_certificate_is_refused(cert_bytes: bytes,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import overlay._handshake as hs
+
+    def no_cert(key: KeyPair, cert: Certificate, transcript: bytes) -> bytes:
+        return packb([cert_bytes, key.signing_key.sign(transcript).signature])
+
+    client = ClientHandshake(CLIENT, CLIENT_CERT, GRID)
+    server = ServerHandshake(SERVER, SERVER_CERT, GRID)
+    m2 = server.receive_hello_untrusted(client.hello())
+    monkeypatch.setattr(hs, "_identity_payload", no_cert)
+    m3 = client.receive_server_untrusted(m2, now=NOW, revoked=frozenset())
+    with pytest.raises(HandshakeRefused) as info:
+        server.receive_client_untrusted(m3, now=NOW, revoked=frozenset())
+    assert info.value.code == "bad_certificate"

@@ -362,3 +362,23 @@ def test_frame_reader_wants_the_rest_of_a_frame() -> None:
     assert r.wanted() == 4
     r.feed(frame(b"x" * 50)[:10])
     assert r.wanted() == 44
+
+
+async def test_truncated_frames_and_streams_are_counted() -> None:
+    async with serving() as (server, port):
+        async with open_channel("127.0.0.1", port, creds(4)) as ch:
+            await ch._stream.send_all(b"\x00\x00\x01\x00" + b"x" * 10)  # 10 of 256 bytes
+            await ch._stream.send_eof()
+            with trio.fail_after(5), pytest.raises(Exception):  # noqa: B017
+                await ch.receive()
+        async with open_channel("127.0.0.1", port, creds(4)) as ch:
+            await ch._stream.send_eof()  # no final frame: the stream was cut short
+            with trio.fail_after(5), pytest.raises(Exception):  # noqa: B017
+                await ch.receive()
+        async with open_rpc("127.0.0.1", port, creds(5)) as ok:  # a clean close
+            assert await ok.call("echo", 1) == 1
+        with trio.fail_after(5):
+            while server.counters["channels_closed"] < 3:  # noqa: ASYNC110 - a counter
+                await trio.sleep(0.01)
+    assert server.counters["frames_refused"] == 1
+    assert server.counters["streams_truncated"] == 1
