@@ -6,7 +6,7 @@ The layers above use only the names exported here.
 from ._errors import BadMessage, IdentityError
 from ._handshake import HandshakeRefused
 from ._storage import RecordStore
-from ._wire import packb, unpackb_untrusted
+from ._wire import expect, open_envelope_untrusted, packb, seal, unpackb_untrusted, verify_body
 from .certs import (
     ROLES,
     USER_ROLES,
@@ -81,13 +81,17 @@ __all__ = [
     "bad_request",
     "check_certificate",
     "dht_key",
+    "expect",
     "node_id_of",
     "node_record_key",
     "open_channel",
+    "open_envelope_untrusted",
     "open_rpc",
     "packb",
     "provider_key",
     "read_key",
+    "seal",
     "unpackb_untrusted",
+    "verify_body",
     "write_key",
 ]

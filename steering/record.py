@@ -1,0 +1,251 @@
+"""The job record and its state machine (pure: no I/O, no clock of its own).
+
+A :class:`JobRecord` is what the home set replicates: the signed job, its
+home set, its state, the current attempt and lease, the history of changes
+and the failure, if any.  Every change goes through :func:`apply`, which
+looks the (state, event) pair up in ``TRANSITIONS``; an illegal one raises
+:class:`IllegalTransition` naming all three.
+
+=============  ==============  =============  ===========================================
+state          event           next state     when
+=============  ==============  =============  ===========================================
+defined        activate        activated      inputs are ready
+activated      lease           running        a worker claimed it (attempt + 1)
+running        stage_out       transferring   the payload ended well; outputs move
+running        finish          finished       the payload ended well (no outputs)
+transferring   finish          finished       outputs registered
+running        fail            failed         the payload failed (the job's fault: final)
+transferring   fail            failed         stage-out failed for good
+running        retry           activated      lease expired or worker gave it back
+transferring   retry           activated      (idem); ``fail`` instead when no attempt is left
+activated      unschedulable   failed         no node of the grid can ever run it
+any non-final  cancel          cancelled      its user or a grid admin cancelled it
+=============  ==============  =============  ===========================================
+
+``finished``, ``failed`` and ``cancelled`` are final: nothing leaves them,
+so a job has exactly one final state (G2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from overlay import GridInfo, expect
+
+from .job import SignedJob
+
+STATES = ("defined", "activated", "running", "transferring", "finished", "failed", "cancelled")
+FINAL = frozenset({"finished", "failed", "cancelled"})
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("defined", "activate"): "activated",
+    ("activated", "lease"): "running",
+    ("running", "stage_out"): "transferring",
+    ("running", "finish"): "finished",
+    ("transferring", "finish"): "finished",
+    ("running", "fail"): "failed",
+    ("transferring", "fail"): "failed",
+    ("running", "retry"): "activated",
+    ("transferring", "retry"): "activated",
+    ("activated", "unschedulable"): "failed",
+    **{(s, "cancel"): "cancelled" for s in ("defined", "activated", "running", "transferring")},
+}
+MAX_HISTORY = 64
+MAX_TEXT = 1000
+
+
+class IllegalTransition(Exception):
+    """Our bug, or a stale request: (state, event) is not in the table."""
+
+    def __init__(self, state: str, event: str, job: str) -> None:
+        super().__init__(f"job {job}: no transition from {state!r} on {event!r}")
+        self.state, self.event = state, event
+
+
+@dataclass(frozen=True)
+class Event:
+    time: float
+    state: str
+    reason: str
+    node: bytes = b""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who runs the current attempt, under which primary epoch, for how long."""
+
+    worker: bytes
+    attempt: int
+    epoch: int
+    granted: float  # wall clock, for people; expiry is kept on the primary's monotonic clock
+    duration: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    code: str
+    diagnosis: str
+    exit_code: int | None = None
+    signal: int | None = None
+    stderr_tail: tuple[str, ...] = ()
+    node: bytes = b""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job: SignedJob
+    home: tuple[bytes, ...]
+    state: str = "activated"
+    attempt: int = 0
+    lease: Lease | None = None
+    history: tuple[Event, ...] = ()
+    failure: Failure | None = None
+    version: int = 0
+
+    @property
+    def job_id(self) -> bytes:
+        return self.job.job_id
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
+
+    def to_wire(self) -> list[Any]:
+        lease = self.lease
+        f = self.failure
+        return [self.job.raw, list(self.home), self.state, self.attempt,
+                None if lease is None else [lease.worker, lease.attempt, lease.epoch,
+                                            lease.granted, lease.duration],
+                [[e.time, e.state, e.reason, e.node] for e in self.history],
+                None if f is None else [f.code, f.diagnosis, f.exit_code, f.signal,
+                                        list(f.stderr_tail), f.node],
+                self.version]
+
+    @classmethod
+    def from_wire_untrusted(cls, data: Any, grid: GridInfo) -> JobRecord:
+        expect(isinstance(data, list) and len(data) == 8, "bad job record")
+        raw, home, state, attempt, lease, history, failure, version = data
+        expect(isinstance(raw, bytes), "bad job bytes")
+        job = SignedJob.from_bytes_untrusted(raw, grid)
+        expect(isinstance(home, list) and 0 < len(home) <= 16 and all(
+            isinstance(h, bytes) and len(h) == 20 for h in home), "bad home set")
+        expect(state in STATES, f"bad state {state!r}")
+        expect(_uint(attempt) and _uint(version), "bad attempt or version")
+        lease_v = None
+        if lease is not None:
+            expect(isinstance(lease, list) and len(lease) == 5, "bad lease")
+            w, a, e, g, d = lease
+            expect(isinstance(w, bytes) and len(w) == 20 and _uint(a) and _uint(e)
+                   and _num(g) and _num(d), "bad lease fields")
+            lease_v = Lease(w, a, e, float(g), float(d))
+        expect(isinstance(history, list) and len(history) <= MAX_HISTORY, "bad history")
+        events = []
+        for ev in history:
+            expect(isinstance(ev, list) and len(ev) == 4, "bad event")
+            t, s, r, n = ev
+            expect(_num(t) and s in STATES and isinstance(r, str) and len(r) <= MAX_TEXT
+                   and isinstance(n, bytes) and len(n) <= 20, "bad event fields")
+            events.append(Event(float(t), s, r, n))
+        failure_v = None
+        if failure is not None:
+            expect(isinstance(failure, list) and len(failure) == 6, "bad failure")
+            c, dg, ec, sg, tail, n = failure
+            expect(isinstance(c, str) and len(c) <= 64 and isinstance(dg, str)
+                   and len(dg) <= MAX_TEXT and (ec is None or type(ec) is int)
+                   and (sg is None or type(sg) is int) and isinstance(tail, list)
+                   and len(tail) <= 50 and all(isinstance(x, str) and len(x) <= MAX_TEXT
+                                               for x in tail)
+                   and isinstance(n, bytes) and len(n) <= 20, "bad failure fields")
+            failure_v = Failure(c, dg, ec, sg, tuple(tail), n)
+        return cls(job, tuple(home), state, attempt, lease_v, tuple(events), failure_v, version)
+
+
+def _uint(x: Any) -> bool:
+    return type(x) is int and 0 <= x < 2**63
+
+
+def _num(x: Any) -> bool:
+    return (type(x) is int or type(x) is float) and x == x and abs(x) < 1e15
+
+
+def _event(rec: JobRecord, state: str, now: float, reason: str, node: bytes) -> tuple[Event, ...]:
+    history = rec.history + (Event(now, state, reason[:MAX_TEXT], node),)
+    if len(history) > MAX_HISTORY:  # keep the first events and the latest ones
+        history = history[:8] + history[-(MAX_HISTORY - 8):]
+    return history
+
+
+def apply(rec: JobRecord, event: str, *, now: float, reason: str, node: bytes = b"",
+          **changes: Any) -> JobRecord:
+    """The record after ``event``, or IllegalTransition."""
+    nxt = TRANSITIONS.get((rec.state, event))
+    if nxt is None:
+        raise IllegalTransition(rec.state, event, rec.job.hex_id)
+    if nxt not in ("running", "transferring"):
+        changes["lease"] = None  # a lease lives only while the job runs
+    return replace(rec, state=nxt, history=_event(rec, nxt, now, reason, node),
+                   version=rec.version + 1, **changes)
+
+
+def new_record(job: SignedJob, home: tuple[bytes, ...], *, now: float, node: bytes) -> JobRecord:
+    """A submitted job: ``activated`` (or ``defined`` while it waits for inputs)."""
+    state = "defined" if job.spec.inputs else "activated"
+    reason = "waiting for input datasets" if job.spec.inputs else "submitted"
+    return JobRecord(job, home, state, history=(Event(now, state, reason, node),), version=1)
+
+
+# -- leases --------------------------------------------------------------------
+
+
+class StaleReport(Exception):
+    """A worker's heartbeat or report that no longer matches the job's lease."""
+
+
+def grant(rec: JobRecord, worker: bytes, *, epoch: int, now: float,
+          duration: float) -> JobRecord:
+    attempt = rec.attempt + 1
+    return apply(rec, "lease", now=now, node=worker,
+                 reason=f"attempt {attempt} leased to {worker.hex()[:12]}",
+                 attempt=attempt, lease=Lease(worker, attempt, epoch, now, duration))
+
+
+def check_lease(rec: JobRecord, worker: bytes, attempt: int) -> Lease:
+    """The lease ``worker`` holds for ``attempt``, or StaleReport saying why not."""
+    lease = rec.lease
+    if rec.state not in ("running", "transferring") or lease is None:
+        raise StaleReport(f"job {rec.job.hex_id} is {rec.state}, not leased")
+    if lease.worker != worker or lease.attempt != attempt:
+        raise StaleReport(f"job {rec.job.hex_id} attempt {attempt} is no longer leased to "
+                          f"this worker (now attempt {lease.attempt})")
+    return lease
+
+
+def requeue(rec: JobRecord, *, now: float, reason: str) -> JobRecord:
+    """The lease ended without a result: next attempt, or failed when none is left."""
+    if rec.attempt >= rec.job.spec.max_attempts:
+        return apply(rec, "fail", now=now, reason=f"{reason}; no attempt left",
+                     lease=None, failure=Failure("attempts_exhausted",
+                                                 f"{reason} on all {rec.attempt} attempts"))
+    return apply(rec, "retry", now=now, reason=reason, lease=None)
+
+
+def rebase_lease(rec: JobRecord, epoch: int) -> JobRecord:
+    """A new primary takes over a running job: the lease carries its epoch from now."""
+    if rec.lease is None or rec.lease.epoch >= epoch:
+        return rec
+    return replace(rec, lease=replace(rec.lease, epoch=epoch), version=rec.version + 1)
+
+
+def report(rec: JobRecord, worker: bytes, attempt: int, epoch: int, *, now: float,
+           ok: bool, failure: Failure | None = None) -> JobRecord:
+    """The worker's result for its attempt; StaleReport when the lease is not its own."""
+    lease = check_lease(rec, worker, attempt)
+    if epoch != lease.epoch:
+        raise StaleReport(f"report for job {rec.job.hex_id} carries epoch {epoch}, "
+                          f"the lease is at epoch {lease.epoch}")
+    if ok:
+        return apply(rec, "finish", now=now, node=worker, reason="payload finished",
+                     lease=None)
+    assert failure is not None
+    return apply(rec, "fail", now=now, node=worker, lease=None, failure=failure,
+                 reason=f"{failure.code}: {failure.diagnosis}")
