@@ -59,13 +59,14 @@ class Capacity:
     cores: int
     memory_mb: int
     disk_mb: int
-    labels: frozenset[str] = frozenset()
+    labels: frozenset[str] | None = None  # None: not known, so any label may be there
 
 
 def schedulable(spec: JobSpec, grid: Iterable[Capacity]) -> bool:
     """Could any node of the grid ever run this job?"""
-    return any(fits(spec, site=c.site, labels=c.labels, cores=c.cores,
-                    memory_mb=c.memory_mb, disk_mb=c.disk_mb) for c in grid)
+    return any(fits(spec, site=c.site, labels=frozenset(spec.labels) if c.labels is None
+                    else c.labels, cores=c.cores, memory_mb=c.memory_mb, disk_mb=c.disk_mb)
+               for c in grid)
 
 
 @dataclass(order=True, frozen=True)
@@ -89,6 +90,9 @@ class MatchQueue:
 
     def __contains__(self, job_id: bytes) -> bool:
         return job_id in self._entries
+
+    def job_ids(self) -> list[bytes]:
+        return list(self._entries)
 
     def add(self, entry: Entry) -> None:
         if entry.job_id in self._entries:

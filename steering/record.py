@@ -122,11 +122,13 @@ class JobRecord:
                 self.version]
 
     @classmethod
-    def from_wire_untrusted(cls, data: Any, grid: GridInfo) -> JobRecord:
+    def from_wire_untrusted(cls, data: Any, grid: GridInfo, *,
+                            stored: bool = False) -> JobRecord:
+        """Decode a record from a peer (or, ``stored``, from our own state file)."""
         expect(isinstance(data, list) and len(data) == 8, "bad job record")
         raw, home, state, attempt, lease, history, failure, version = data
         expect(isinstance(raw, bytes), "bad job bytes")
-        job = SignedJob.from_bytes_untrusted(raw, grid)
+        job = SignedJob.from_bytes_untrusted(raw, grid, verify=not stored)
         expect(isinstance(home, list) and 0 < len(home) <= 16 and all(
             isinstance(h, bytes) and len(h) == 20 for h in home), "bad home set")
         expect(state in STATES, f"bad state {state!r}")

@@ -1,0 +1,683 @@
+"""The replicated job queue on one queue node: member of home sets, and primary.
+
+As a *member* it answers ``queue.prepare`` and ``queue.accept`` from the
+home sets it belongs to (``homeset.on_prepare``/``on_accept``), storing each
+change in its state file before it answers.  As a *primary* it creates the
+records of submitted jobs, hands activated jobs to workers that claim them
+(leases), renews leases on heartbeats, records results, requeues jobs whose
+lease expired, and takes over the jobs of a home set whose primary is gone.
+Every change reaches a majority of the job's home set before it is
+acknowledged.  docs/queue.md describes the protocol and why it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from overlay import BadMessage, CallContext, GridInfo, Method, RpcError, RpcPool, bad_request
+
+from .homeset import (
+    DEFAULT_R,
+    Promise,
+    Slot,
+    adopt,
+    first_ballot,
+    majority,
+    next_ballot,
+    on_accept,
+    on_prepare,
+)
+from .job import SignedJob
+from .matching import Capacity, Entry, MatchQueue, Offer, schedulable
+from .record import (
+    Failure,
+    IllegalTransition,
+    JobRecord,
+    StaleReport,
+    apply,
+    check_lease,
+    grant,
+    new_record,
+    rebase_lease,
+    report,
+    requeue,
+)
+
+logger = logging.getLogger("gridnode.queue")
+
+CALL_TIMEOUT = 5.0
+MAX_BATCH = 1000
+
+
+class SlotStore(Protocol):
+    """Where a member keeps its slots (the node's SQLite file)."""
+
+    async def save_slots(self, slots: Iterable[tuple[bytes, Slot]]) -> None: ...
+
+
+class Membership(Protocol):
+    """What the queue needs to know about the grid (the node provides it)."""
+
+    me: bytes
+
+    def queue_nodes(self) -> dict[bytes, tuple[str, int]]: ...
+    def is_suspect(self, node_id: bytes) -> bool: ...
+    def note(self, node_id: bytes, ok: bool) -> None: ...
+    def capacities(self) -> list[Capacity]: ...
+
+
+@dataclass
+class QueueConfig:
+    r: int = DEFAULT_R
+    lease_duration: float = 60.0
+    takeover_interval: float = 2.0
+    # A job no node of the grid can run fails after this long.
+    unschedulable_after: float = 300.0
+
+
+def log(event: str, level: int = logging.INFO, **fields: Any) -> None:
+    text = " ".join(f"{k}={v.hex() if isinstance(v, bytes) else v}" for k, v in fields.items())
+    logger.log(level, "%s %s", event, text)
+
+
+@dataclass
+class QueueNode:
+    grid: GridInfo
+    membership: Membership
+    pool: RpcPool
+    store: SlotStore
+    config: QueueConfig = field(default_factory=QueueConfig)
+    slots: dict[bytes, Slot] = field(default_factory=dict)
+    leading: dict[bytes, int] = field(default_factory=dict)  # job -> our ballot
+    expiry: dict[bytes, float] = field(default_factory=dict)  # job -> trio clock
+    match: MatchQueue = field(default_factory=MatchQueue)
+    running: Counter[bytes] = field(default_factory=Counter)  # user -> jobs running
+    counters: Counter[str] = field(default_factory=Counter)
+    changed: trio.Event = field(default_factory=trio.Event)
+    _unfit_since: dict[bytes, float] = field(default_factory=dict)
+
+    @property
+    def me(self) -> bytes:
+        return self.membership.me
+
+    # -- members: prepare and accept ---------------------------------------
+
+    async def _persist(self, job_ids: Iterable[bytes]) -> None:
+        await self.store.save_slots([(j, self.slots[j]) for j in job_ids])
+
+    async def local_prepare(self, entries: list[tuple[bytes, int]]) -> list[Promise]:
+        out = []
+        for job_id, ballot in entries:
+            slot, promise = on_prepare(self.slots.get(job_id, Slot()), ballot)
+            self.slots[job_id] = slot
+            if promise.ok and job_id in self.leading and self.leading[job_id] < ballot:
+                self._step_down(job_id, "another home member prepared a higher ballot")
+            out.append(promise)
+        await self._persist(j for j, _ in entries)
+        return out
+
+    async def local_accept(self, entries: list[tuple[int, JobRecord]]) -> list[bool]:
+        out = []
+        for ballot, rec in entries:
+            slot, ok = on_accept(self.slots.get(rec.job_id, Slot()), ballot, rec)
+            self.slots[rec.job_id] = slot
+            if ok and rec.job_id in self.leading and self.leading[rec.job_id] < ballot:
+                self._step_down(rec.job_id, "a higher ballot wrote to it")
+            out.append(ok)
+        await self._persist(rec.job_id for _, rec in entries)
+        self.changed.set()
+        self.changed = trio.Event()
+        return out
+
+    def _step_down(self, job_id: bytes, reason: str) -> None:
+        self.leading.pop(job_id, None)
+        self.expiry.pop(job_id, None)
+        self.match.remove(job_id)
+        self.counters["steps_down"] += 1
+        log("queue.step_down", job=job_id, reason=reason)
+
+    # -- talking to the home set ---------------------------------------------
+
+    async def _call(self, member: bytes, method: str, args: Any) -> Any:
+        address = self.membership.queue_nodes().get(member)
+        if address is None:
+            raise RpcError("unavailable", f"queue node {member.hex()} is not known")
+        try:
+            answer = await self.pool.call(address[0], address[1], method, args,
+                                          expect_id=member, timeout=CALL_TIMEOUT)
+        except RpcError:
+            self.membership.note(member, False)
+            raise
+        self.membership.note(member, True)
+        return answer
+
+    async def _fan_out(self, per_member: dict[bytes, list[Any]],
+                       local: Callable[[list[Any]], Awaitable[list[Any]]], method: str,
+                       encode: Callable[[list[Any]], Any],
+                       decode: Callable[[Any, list[Any]], list[Any]],
+                       ) -> dict[bytes, list[Any] | None]:
+        """Send each member its entries (ourselves: directly); None for who failed."""
+        answers: dict[bytes, list[Any] | None] = {}
+
+        async def one(member: bytes, entries: list[Any]) -> None:
+            try:
+                if member == self.me:
+                    answers[member] = await local(entries)
+                else:
+                    raw = await self._call(member, method, encode(entries))
+                    answers[member] = decode(raw, entries)
+            except (RpcError, BadMessage) as exc:
+                answers[member] = None
+                log("queue.member_failed", logging.DEBUG, member=member, method=method,
+                    reason=str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for member, entries in per_member.items():
+                nursery.start_soon(one, member, entries)
+        return answers
+
+    async def replicate(self, writes: list[tuple[int, JobRecord]]) -> list[bool]:
+        """Write each record to its home set; True where a majority stored it."""
+        per_member: dict[bytes, list[tuple[int, JobRecord]]] = {}
+        for ballot, rec in writes:
+            for m in rec.home:
+                per_member.setdefault(m, []).append((ballot, rec))
+
+        def decode(raw: Any, entries: list[Any]) -> list[bool]:
+            if not (isinstance(raw, list) and len(raw) == len(entries)
+                    and all(isinstance(x, bool) for x in raw)):
+                raise BadMessage("bad accept answer")
+            return raw
+
+        answers = await self._fan_out(
+            per_member, self.local_accept, "queue.accept",
+            lambda es: {"entries": [[b, r.to_wire()] for b, r in es]}, decode)
+        oks: Counter[bytes] = Counter()
+        refused: set[bytes] = set()
+        for member, entries in per_member.items():
+            got = answers.get(member)
+            if got is None:
+                continue
+            for (_, rec), ok in zip(entries, got, strict=True):
+                if ok:
+                    oks[rec.job_id] += 1
+                else:
+                    refused.add(rec.job_id)
+        result = []
+        for ballot, rec in writes:
+            won = oks[rec.job_id] >= majority(len(rec.home))
+            if rec.job_id in refused and self.leading.get(rec.job_id) == ballot:
+                self._step_down(rec.job_id, "a home member promised a higher ballot")
+            result.append(won)
+        return result
+
+    async def _prepare(self, job_ids: list[bytes]) -> None:
+        """Try to become primary of these jobs (we are the first live home member)."""
+        per_member: dict[bytes, list[tuple[bytes, int]]] = {}
+        ballots = {}
+        for j in job_ids:
+            slot = self.slots[j]
+            assert slot.record is not None
+            home = slot.record.home
+            ballots[j] = next_ballot(max(slot.promised, slot.ballot), home.index(self.me))
+            for m in home:
+                per_member.setdefault(m, []).append((j, ballots[j]))
+
+        def decode(raw: Any, entries: list[Any]) -> list[Promise]:
+            if not (isinstance(raw, list) and len(raw) == len(entries)):
+                raise BadMessage("bad prepare answer")
+            out = []
+            for p in raw:
+                if not (isinstance(p, list) and len(p) == 4 and isinstance(p[0], bool)
+                        and type(p[1]) is int and type(p[2]) is int):
+                    raise BadMessage("bad promise")
+                rec = None if p[3] is None else JobRecord.from_wire_untrusted(p[3], self.grid)
+                out.append(Promise(p[0], p[1], p[2], rec))
+            return out
+
+        answers = await self._fan_out(
+            per_member, self.local_prepare, "queue.prepare",
+            lambda es: {"entries": [[j, b] for j, b in es]}, decode)
+        promises: dict[bytes, list[Promise]] = {j: [] for j in job_ids}
+        for member, entries in per_member.items():
+            got = answers.get(member)
+            if got is not None:
+                for (j, _), p in zip(entries, got, strict=True):
+                    promises[j].append(p)
+        writes = []
+        for j in job_ids:
+            home = self.slots[j].record.home  # type: ignore[union-attr]
+            won, newest, _ = adopt(promises[j], len(home))
+            if won and newest is not None:
+                writes.append((ballots[j], rebase_lease(newest, ballots[j])))
+        for (ballot, rec), ok in zip(writes, await self.replicate(writes), strict=True):
+            if ok:
+                self._lead(rec, ballot, "took over: the home members before us are gone")
+
+    def _lead(self, rec: JobRecord, ballot: int, reason: str) -> None:
+        self.leading[rec.job_id] = ballot
+        self._track(rec)
+        self.counters["takeovers"] += 1
+        log("queue.primary", job=rec.job_id, ballot=ballot, state=rec.state, reason=reason)
+
+    def _track(self, rec: JobRecord) -> None:
+        """Keep the matcher and the lease timers in step with a record we lead."""
+        j = rec.job_id
+        if rec.state == "activated":
+            self.match.add(Entry(rec.job.submitted, j, rec.job.user_id, rec.job.spec.priority,
+                                 rec.job.spec))
+        else:
+            self.match.remove(j)
+        if rec.state in ("running", "transferring") and rec.lease is not None:
+            if j not in self.expiry:
+                self.running[rec.job.user_id] += 1
+            self.expiry.setdefault(j, trio.current_time() + rec.lease.duration)
+        elif j in self.expiry:
+            del self.expiry[j]
+            self.running[rec.job.user_id] -= 1
+
+    async def _commit(self, changes: list[JobRecord], why: str) -> list[bool]:
+        """Replicate records we lead; keep what a majority stored."""
+        writes = [(self.leading[r.job_id], r) for r in changes if r.job_id in self.leading]
+        oks = await self.replicate(writes)
+        for (_, rec), ok in zip(writes, oks, strict=True):
+            if ok:
+                self._track(rec)
+            else:
+                self.counters["writes_failed"] += 1
+                log("queue.write_failed", logging.WARNING, job=rec.job_id, reason=why)
+        return oks
+
+    # -- primary: create, claim, heartbeat, report, cancel -------------------
+
+    async def create(self, jobs: list[SignedJob], home_of: dict[bytes, tuple[bytes, ...]]
+                     ) -> dict[bytes, str]:
+        """Store new jobs on their home sets; job id -> "ok" or why not."""
+        out: dict[bytes, str] = {}
+        fresh = []
+        now = time.time()
+        for job in jobs:
+            j = job.job_id
+            if j in self.slots and self.slots[j].record is not None:
+                out[j] = "ok"  # a retried submission: already stored
+                continue
+            home = home_of[j]
+            if self.me not in home:
+                out[j] = "not a home member"
+                continue
+            rec = new_record(job, home, now=now, node=self.me)
+            self.leading[j] = first_ballot(home.index(self.me))
+            fresh.append(rec)
+        oks = await self._commit(fresh, "new job")
+        for rec, ok in zip(fresh, oks, strict=True):
+            out[rec.job_id] = "ok" if ok else "no majority of the home set answered"
+            if ok:
+                self.counters["jobs_created"] += 1
+            else:
+                self.leading.pop(rec.job_id, None)
+        return out
+
+    async def claim(self, offer: Offer) -> list[JobRecord]:
+        """Lease jobs that fit ``offer`` to its worker."""
+        picked = self.match.pick(offer, dict(self.running))
+        now = time.time()
+        grants = []
+        for e in picked:
+            rec = self.slots[e.job_id].record
+            if rec is None or rec.state != "activated":
+                self.match.remove(e.job_id)
+                continue
+            grants.append(grant(rec, offer.worker, epoch=self.leading[e.job_id], now=now,
+                                duration=self.config.lease_duration))
+            self.match.remove(e.job_id)  # not handed out twice while the write is on its way
+        oks = await self._commit(grants, "lease")
+        leased = [r for r, ok in zip(grants, oks, strict=True) if ok]
+        for r in grants:
+            if r not in leased and r.job_id in self.leading:
+                self._track(self.slots[r.job_id].record)  # type: ignore[arg-type]
+        self.counters["jobs_leased"] += len(leased)
+        return leased
+
+    def heartbeat(self, worker: bytes, leases: list[tuple[bytes, int]]) -> dict[bytes, Any]:
+        """Renew leases; per job: its current epoch, or why it is no longer held."""
+        out: dict[bytes, Any] = {}
+        now = trio.current_time()
+        for j, attempt in leases:
+            slot = self.slots.get(j)
+            if j not in self.leading or slot is None or slot.record is None:
+                out[j] = "not_primary"
+                continue
+            rec = slot.record
+            if rec.state == "cancelled":
+                out[j] = "cancelled"
+                continue
+            try:
+                lease = check_lease(rec, worker, attempt)
+            except StaleReport:
+                out[j] = "stale"
+                continue
+            self.expiry[j] = now + lease.duration
+            out[j] = lease.epoch
+        return out
+
+    async def report(self, worker: bytes, job_id: bytes, attempt: int, epoch: int, ok: bool,
+                     failure: Failure | None) -> str:
+        slot = self.slots.get(job_id)
+        if job_id not in self.leading or slot is None or slot.record is None:
+            return "not_primary"
+        rec = slot.record
+        if rec.final and rec.lease is None and any(e.node == worker for e in rec.history[-1:]):
+            return "ok"  # a retried report that was already recorded
+        try:
+            new = report(rec, worker, attempt, epoch, now=time.time(), ok=ok, failure=failure)
+        except (StaleReport, IllegalTransition) as exc:
+            self.counters["reports_refused"] += 1
+            log("queue.report_refused", logging.WARNING, job=job_id, worker=worker,
+                reason=str(exc))
+            return "stale"
+        [done] = await self._commit([new], "report")
+        if done:
+            self.counters["jobs_finished" if ok else "jobs_failed"] += 1
+            log("job.final", job=job_id, state=new.state, worker=worker,
+                reason=new.history[-1].reason)
+        return "ok" if done else "retry"
+
+    async def cancel(self, job_id: bytes, who: str) -> str:
+        slot = self.slots.get(job_id)
+        if job_id not in self.leading or slot is None or slot.record is None:
+            return "not_primary"
+        rec = slot.record
+        if rec.final:
+            return rec.state
+        new = apply(rec, "cancel", now=time.time(), reason=f"cancelled by {who}")
+        [done] = await self._commit([new], "cancel")
+        return "cancelled" if done else "retry"
+
+    # -- background: lease expiry and takeover -------------------------------
+
+    async def expire_leases(self) -> int:
+        now = trio.current_time()
+        due = [j for j, t in self.expiry.items() if t <= now and j in self.leading]
+        changes = []
+        for j in due[:MAX_BATCH]:
+            rec = self.slots[j].record
+            assert rec is not None
+            changes.append(requeue(rec, now=time.time(), reason="lease expired"))
+            log("lease.expired", job=j, attempt=rec.attempt,
+                reason="no heartbeat from the worker in time")
+        await self._commit(changes, "lease expiry")
+        self.counters["leases_expired"] += len(changes)
+        return len(changes)
+
+    def _should_lead(self, rec: JobRecord) -> bool:
+        """Are we the first home member that is not suspected dead?"""
+        for m in rec.home:
+            if m == self.me:
+                return True
+            if not self.membership.is_suspect(m):
+                return False
+        return False
+
+    async def take_over(self) -> None:
+        wanted = [j for j, s in self.slots.items()
+                  if s.record is not None and not s.record.final and j not in self.leading
+                  and self.me in s.record.home and self._should_lead(s.record)]
+        for i in range(0, len(wanted), MAX_BATCH):
+            await self._prepare(wanted[i:i + MAX_BATCH])
+
+    async def probe(self) -> None:
+        """Ping the home members ahead of us in the jobs we do not lead, so that a
+        dead or stopped primary is noticed even when nobody else talks to it."""
+        ahead: set[bytes] = set()
+        for j, s in self.slots.items():
+            rec = s.record
+            if rec is None or rec.final or j in self.leading or self.me not in rec.home:
+                continue
+            ahead.update(rec.home[:rec.home.index(self.me)])
+
+        async def ping(member: bytes) -> None:
+            try:
+                await self._call(member, "ping", None)
+            except RpcError:
+                log("queue.member_suspect", logging.DEBUG, member=member,
+                    reason="did not answer a ping")
+
+        async with trio.open_nursery() as nursery:
+            for member in ahead:
+                nursery.start_soon(ping, member)
+
+    async def fail_unschedulable(self) -> int:
+        """Fail activated jobs that no node of the grid could run, after a grace period."""
+        grid = self.membership.capacities()
+        if not grid:
+            return 0
+        now = trio.current_time()
+        doomed: list[JobRecord] = []
+        memo: dict[Any, bool] = {}  # many jobs share a shape: judge each shape once
+        for j in set(self._unfit_since) | set(self.match.job_ids()):
+            slot = self.slots.get(j)
+            rec = slot.record if slot else None
+            if rec is None or rec.state != "activated" or j not in self.leading:
+                self._unfit_since.pop(j, None)
+                continue
+            spec = rec.job.spec
+            shape = (spec.cores, spec.memory_mb, spec.disk_mb, spec.sites, spec.labels)
+            if shape not in memo:
+                memo[shape] = schedulable(spec, grid)
+            if memo[shape]:
+                self._unfit_since.pop(j, None)
+                continue
+            since = self._unfit_since.setdefault(j, now)
+            if now - since >= self.config.unschedulable_after and len(doomed) < MAX_BATCH:
+                doomed.append(apply(rec, "unschedulable", now=time.time(),
+                                    reason="unschedulable: no node of the grid offers "
+                                    "what it needs", failure=Failure(
+                                        "unschedulable", f"no node offers {_needs(rec)}")))
+        for rec, ok in zip(doomed, await self._commit(doomed, "unschedulable"), strict=True):
+            if ok:
+                self._unfit_since.pop(rec.job_id, None)
+                self.counters["jobs_unschedulable"] += 1
+                log("job.final", job=rec.job_id, state="failed", reason="unschedulable")
+        return len(doomed)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        while True:
+            try:
+                await self.probe()
+                await self.take_over()
+                await self.expire_leases()
+                await self.fail_unschedulable()
+            except (RpcError, BadMessage) as exc:  # a round failed: the next one retries
+                log("queue.round_failed", logging.WARNING, reason=str(exc))
+            await trio.sleep(min(self.config.takeover_interval,
+                                 self.config.lease_duration / 4))
+
+    def load(self, slots: Iterable[tuple[bytes, Slot]]) -> None:
+        """Slots read back from the state file at start; we lead nothing yet."""
+        for j, slot in slots:
+            self.slots[j] = slot
+
+    def statistics(self) -> dict[str, int]:
+        states = Counter(s.record.state for s in self.slots.values() if s.record is not None)
+        return {**self.counters, "jobs_held": len(self.slots), "jobs_leading": len(self.leading),
+                "jobs_queued": len(self.match), "leases_held": len(self.expiry),
+                **{f"state_{k}": v for k, v in states.items()}}
+
+    # -- the RPC table ---------------------------------------------------------
+
+    def methods(self) -> dict[str, Method]:
+        return {
+            "queue.prepare": Method(self._rpc_prepare, access="node"),
+            "queue.accept": Method(self._rpc_accept, access="node"),
+            "queue.create": Method(self._rpc_create, access="node"),
+            "queue.claim": Method(self._rpc_claim, access="node"),
+            "queue.heartbeat": Method(self._rpc_heartbeat, access="node"),
+            "queue.report": Method(self._rpc_report, access="node"),
+            "queue.cancel": Method(self._rpc_cancel, access="node"),
+            "queue.get": Method(self._rpc_get),
+            "queue.list": Method(self._rpc_list),
+        }
+
+    async def _rpc_prepare(self, ctx: CallContext, args: Any) -> list[Any]:
+        entries = _entries(args)
+        parsed = []
+        for e in entries:
+            if not (isinstance(e, list) and len(e) == 2 and _is_id(e[0]) and _uint(e[1])):
+                raise bad_request("prepare entries are [job id, ballot]")
+            parsed.append((e[0], e[1]))
+        promises = await self.local_prepare(parsed)
+        return [[p.ok, p.promised, p.ballot, None if p.record is None else p.record.to_wire()]
+                for p in promises]
+
+    async def _rpc_accept(self, ctx: CallContext, args: Any) -> list[bool]:
+        parsed = []
+        for e in _entries(args):
+            if not (isinstance(e, list) and len(e) == 2 and _uint(e[0])):
+                raise bad_request("accept entries are [ballot, record]")
+            try:
+                rec = JobRecord.from_wire_untrusted(e[1], self.grid)
+            except BadMessage as exc:
+                raise bad_request(f"bad record: {exc}") from None
+            if ctx.peer_id not in rec.home:
+                raise RpcError("forbidden", "only a home member may write a job's record")
+            parsed.append((e[0], rec))
+        return await self.local_accept(parsed)
+
+    async def _rpc_create(self, ctx: CallContext, args: Any) -> dict[bytes, str]:
+        if not (isinstance(args, dict) and isinstance(args.get("jobs"), list)
+                and len(args["jobs"]) <= MAX_BATCH):
+            raise bad_request("create takes {jobs: [[job, home set]...]}")
+        jobs, homes = [], {}
+        for e in args["jobs"]:
+            if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], bytes)
+                    and isinstance(e[1], list) and all(_is_id(h) for h in e[1])
+                    and 0 < len(e[1]) <= 16):
+                raise bad_request("bad job entry")
+            try:
+                job = SignedJob.from_bytes_untrusted(e[0], self.grid)
+            except BadMessage as exc:
+                raise bad_request(f"bad job: {exc}") from None
+            jobs.append(job)
+            homes[job.job_id] = tuple(e[1])
+        return await self.create(jobs, homes)
+
+    async def _rpc_claim(self, ctx: CallContext, args: Any) -> list[Any]:
+        offer = _offer(ctx.peer_id, args)
+        return [r.to_wire() for r in await self.claim(offer)]
+
+    async def _rpc_heartbeat(self, ctx: CallContext, args: Any) -> dict[bytes, Any]:
+        leases = []
+        for e in _entries(args):
+            if not (isinstance(e, list) and len(e) == 2 and _is_id(e[0]) and _uint(e[1])):
+                raise bad_request("heartbeat entries are [job id, attempt]")
+            leases.append((e[0], e[1]))
+        return self.heartbeat(ctx.peer_id, leases)
+
+    async def _rpc_report(self, ctx: CallContext, args: Any) -> str:
+        if not (isinstance(args, dict) and _is_id(args.get("job")) and _uint(args.get("attempt"))
+                and _uint(args.get("epoch")) and isinstance(args.get("ok"), bool)):
+            raise bad_request("report takes {job, attempt, epoch, ok, failure}")
+        failure = None
+        if not args["ok"]:
+            failure = _failure(args.get("failure"), ctx.peer_id)
+        return await self.report(ctx.peer_id, args["job"], args["attempt"], args["epoch"],
+                                 args["ok"], failure)
+
+    async def _rpc_cancel(self, ctx: CallContext, args: Any) -> str:
+        if not (isinstance(args, dict) and _is_id(args.get("job"))
+                and isinstance(args.get("who"), str)):
+            raise bad_request("cancel takes {job, who}")
+        return await self.cancel(args["job"], args["who"][:200])
+
+    async def _rpc_get(self, ctx: CallContext, args: Any) -> Any:
+        if not (isinstance(args, dict) and _is_id(args.get("job"))):
+            raise bad_request("get takes {job}")
+        slot = self.slots.get(args["job"])
+        if slot is None or slot.record is None:
+            return None
+        return [slot.ballot, slot.record.to_wire()]
+
+    async def _rpc_list(self, ctx: CallContext, args: Any) -> list[Any]:
+        if not isinstance(args, dict):
+            raise bad_request("list takes {state, user, task, limit}")
+        state, user, task = args.get("state"), args.get("user"), args.get("task")
+        limit = args.get("limit", 1000)
+        if not (_uint(limit) and limit <= 100_000):
+            raise bad_request("limit must be 0-100000")
+        out = []
+        for slot in self.slots.values():
+            rec = slot.record
+            if rec is None or (state and rec.state != state) or (
+                    user and rec.job.user.name != user and rec.job.user_id != user) or (
+                    task and rec.job.spec.task_id != task):
+                continue
+            out.append([slot.ballot, rec.to_wire()])
+            if len(out) >= limit:
+                break
+        return out
+
+
+def _needs(rec: JobRecord) -> str:
+    spec = rec.job.spec
+    parts = [f"{spec.cores} cores", f"{spec.memory_mb} MB memory"]
+    if spec.sites:
+        parts.append(f"site in {','.join(spec.sites)}")
+    if spec.labels:
+        parts.append(f"labels {','.join(spec.labels)}")
+    return ", ".join(parts)
+
+
+def _is_id(x: Any) -> bool:
+    return isinstance(x, bytes) and len(x) == 20
+
+
+def _uint(x: Any) -> bool:
+    return type(x) is int and 0 <= x < 2**63
+
+
+def _entries(args: Any) -> list[Any]:
+    if not (isinstance(args, dict) and isinstance(args.get("entries"), list)
+            and len(args["entries"]) <= MAX_BATCH):
+        raise bad_request(f"expected {{entries: [...]}} with at most {MAX_BATCH} entries")
+    return args["entries"]
+
+
+def _offer(worker: bytes, args: Any) -> Offer:
+    if not isinstance(args, dict):
+        raise bad_request("claim takes an offer")
+    try:
+        labels = args.get("labels", [])
+        if not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+            raise TypeError
+        offer = Offer(worker, str(args["site"]), int(args["cores"]), int(args["memory_mb"]),
+                      int(args["disk_mb"]), frozenset(labels), int(args.get("max_jobs", 8)))
+    except (KeyError, TypeError, ValueError):
+        raise bad_request("offer needs site, cores, memory_mb, disk_mb, labels, max_jobs"
+                          ) from None
+    if not (0 <= offer.cores <= 1 << 20 and 0 <= offer.memory_mb and 0 <= offer.disk_mb
+            and 1 <= offer.max_jobs <= 256):
+        raise bad_request("offer out of range")
+    return offer
+
+
+def _failure(data: Any, node: bytes) -> Failure:
+    if not (isinstance(data, dict) and isinstance(data.get("code"), str)
+            and isinstance(data.get("diagnosis"), str)):
+        raise bad_request("failure needs code and diagnosis")
+    tail = data.get("stderr_tail", [])
+    if not (isinstance(tail, list) and all(isinstance(x, str) for x in tail)):
+        raise bad_request("bad stderr tail")
+    ec, sg = data.get("exit_code"), data.get("signal")
+    if not ((ec is None or type(ec) is int) and (sg is None or type(sg) is int)):
+        raise bad_request("bad exit code or signal")
+    return Failure(data["code"][:64], data["diagnosis"][:1000], ec, sg,
+                   tuple(x[:1000] for x in tail[-20:]), node)
