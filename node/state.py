@@ -41,6 +41,17 @@ MIGRATIONS: list[str] = [
         value BLOB NOT NULL
     );
     """,
+    # 2: the job slots of the home sets this node belongs to (steering.homeset.Slot).
+    """
+    CREATE TABLE job_slots (
+        job_id   BLOB PRIMARY KEY,
+        promised INTEGER NOT NULL,  -- highest ballot promised
+        ballot   INTEGER NOT NULL,  -- ballot the record was accepted under
+        state    TEXT,              -- the record's state, for listings
+        record   BLOB               -- msgpack of the record, or NULL
+    );
+    CREATE INDEX job_slots_state ON job_slots (state);
+    """,
 ]
 
 
@@ -74,10 +85,22 @@ def _peer_from_row(row: sqlite3.Row) -> PeerRow:
                    tuple(msgpack.unpackb(row[3])), row[4], row[5])
 
 
+@dataclass
+class _Batch:
+    """Rows waiting for the next group commit, and when it landed."""
+
+    rows: list[tuple[Any, ...]]
+    done: trio.Event
+    error: BaseException | None = None
+    led: bool = False
+
+
 class State:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
+        self._write_lock = trio.Lock()
+        self._slots = _Batch([], trio.Event())
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio_asyncio.aio_as_trio(fn)(*args)
@@ -102,7 +125,8 @@ class State:
                 await self._db.rollback()
                 raise
 
-        await self._run(go)
+        async with self._write_lock:  # one transaction at a time on this connection
+            await self._run(go)
 
     async def _fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         async def go() -> list[Any]:
@@ -158,6 +182,52 @@ class State:
             "SELECT node_id, site, addresses, roles, last_seen, record FROM peers "
             "ORDER BY last_seen DESC")
         return [_peer_from_row(r) for r in rows]
+
+    # -- job slots -----------------------------------------------------------
+
+    async def save_slots(self, rows: Iterable[tuple[bytes, int, int, str | None, bytes | None]]
+                         ) -> None:
+        """Store (job id, promised, ballot, state, record) rows; returns once on disk.
+
+        Group commit: callers that arrive while a commit is running share the
+        next one, so many concurrent writers cost one fsync per round."""
+        batch = self._slots
+        leader, batch.led = not batch.led, True
+        batch.rows.extend(rows)
+        if not leader:
+            await batch.done.wait()
+            if batch.error is not None:
+                raise StateError(f"cannot store job slots: {batch.error}")
+            return
+        try:
+            async with self._write_lock:
+                self._slots = _Batch([], trio.Event())  # later arrivals: the next commit
+                # _write takes the lock itself: run the statements directly.
+                await self._run(self._slot_tx(batch.rows))
+        except BaseException as exc:
+            batch.error = exc
+            raise
+        finally:
+            batch.done.set()
+
+    def _slot_tx(self, rows: list[tuple[Any, ...]]) -> Callable[[], Any]:
+        async def go() -> None:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                await self._db.executemany(
+                    "INSERT INTO job_slots (job_id, promised, ballot, state, record) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET "
+                    "promised = excluded.promised, ballot = excluded.ballot, "
+                    "state = excluded.state, record = excluded.record", rows)
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+        return go
+
+    async def load_slots(self) -> list[tuple[bytes, int, int, bytes | None]]:
+        rows = await self._fetchall("SELECT job_id, promised, ballot, record FROM job_slots")
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     # -- meta --------------------------------------------------------------
 

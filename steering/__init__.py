@@ -1,4 +1,34 @@
-"""Jobs: model, replicated queue, leases, matching, bottlenecks, brokerage.
+"""Jobs: model, replicated queue, leases, matching (bottlenecks and brokerage next).
 
-Nothing here yet; see docs/ and the issues for what lands next.
+The node uses only the names exported here.
 """
+
+from .homeset import DEFAULT_R, Slot, home_set
+from .job import JobSpec, SignedJob, SpecError, parse_job_id
+from .jobs import JobService
+from .matching import Capacity, Offer
+from .queue import Membership, QueueConfig, QueueNode, SlotStore
+from .record import FINAL, STATES, Failure, JobRecord
+from .worker import Worker
+
+__all__ = [
+    "DEFAULT_R",
+    "FINAL",
+    "STATES",
+    "Capacity",
+    "Failure",
+    "JobRecord",
+    "JobService",
+    "JobSpec",
+    "Membership",
+    "Offer",
+    "QueueConfig",
+    "QueueNode",
+    "SignedJob",
+    "Slot",
+    "SlotStore",
+    "SpecError",
+    "Worker",
+    "home_set",
+    "parse_job_id",
+]

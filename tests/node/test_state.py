@@ -252,3 +252,18 @@ async def test_sigkill_after_commit_loses_nothing(tmp_path):
             assert await st.peers() == [PeerRow(b"\x07" * 32, "crash-site", ("9.9.9.9:9",),
                                                 ("compute",), 123.5, b"rec")]
             assert await st.get_meta("last-words") == b"durable"
+
+
+async def test_job_slots_group_commit_and_reload(tmp_path):
+    async with trio_asyncio.open_loop():
+        async with open_state(tmp_path / "s.sqlite") as state:
+            async with trio.open_nursery() as nursery:
+                for i in range(50):
+                    nursery.start_soon(state.save_slots,
+                                       [(bytes([i]) * 20, i, i, "activated", b"r%d" % i)])
+            await state.save_slots([(bytes([1]) * 20, 7, 7, "finished", b"new")])
+        async with open_state(tmp_path / "s.sqlite") as state:
+            rows = {r[0]: r for r in await state.load_slots()}
+    assert len(rows) == 50
+    assert rows[bytes([1]) * 20] == (bytes([1]) * 20, 7, 7, b"new")
+    assert rows[bytes([9]) * 20][3] == b"r9"

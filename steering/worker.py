@@ -1,0 +1,231 @@
+"""The worker side of the queue: pull jobs while there are free slots, run them,
+keep their leases alive, report their results (late binding, as PanDA's pilots).
+
+The worker knows the queue nodes from the DHT (the node's peers with the
+``queue`` role), asks a few of them at a time for as many jobs as its free
+slots take, renews all the leases it holds from one primary in one
+heartbeat, and reports each result to the job's primary — or, when that
+primary is gone, to the home member that took over.  A heartbeat answer
+``stale`` or ``cancelled`` kills the job's processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from overlay import BadMessage, GridInfo, RpcError, RpcPool
+
+from .queue import CALL_TIMEOUT, Membership, log
+from .record import Failure, JobRecord
+
+logger = logging.getLogger("gridnode.worker")
+
+QUEUES_PER_ROUND = 3
+IDLE_MAX = 2.0
+
+
+@dataclass
+class Held:
+    record: JobRecord
+    primary: bytes
+    epoch: int
+    done: bool = False
+
+
+RunJob = Callable[[JobRecord], Awaitable[tuple[bool, Failure | None]]]
+
+
+@dataclass
+class Worker:
+    grid: GridInfo
+    membership: Membership
+    pool: RpcPool
+    site: str
+    labels: frozenset[str]
+    free: Callable[[], tuple[int, int, int]]  # cores, memory MB, disk MB
+    run_job: RunJob
+    kill_job: Callable[[bytes, str], None]
+    heartbeat_interval: float = 15.0
+    held: dict[bytes, Held] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=lambda: {
+        "claims": 0, "jobs_claimed": 0, "jobs_reported": 0, "reports_refused": 0,
+        "leases_lost": 0, "heartbeats": 0})
+    _wake: trio.Event = field(default_factory=trio.Event)
+
+    def wake(self) -> None:
+        """Slots may have freed up: look for work now."""
+        self._wake.set()
+
+    async def _call(self, member: bytes, method: str, args: Any) -> Any:
+        address = self.membership.queue_nodes().get(member)
+        if address is None:
+            raise RpcError("unavailable", f"queue node {member.hex()} is not known")
+        try:
+            answer = await self.pool.call(address[0], address[1], method, args,
+                                          expect_id=member, timeout=CALL_TIMEOUT)
+        except RpcError:
+            self.membership.note(member, False)
+            raise
+        self.membership.note(member, True)
+        return answer
+
+    # -- pulling ------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._heartbeats)
+            task_status.started()
+            idle = 0.05
+            while True:
+                got = await self.pull(nursery)
+                idle = 0.05 if got else min(idle * 2, IDLE_MAX)
+                with trio.move_on_after(idle):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    async def pull(self, nursery: trio.Nursery) -> int:
+        """Claim jobs for the free slots from a few queue nodes; start them."""
+        queues = [q for q in self.membership.queue_nodes() if not self.membership.is_suspect(q)]
+        random.shuffle(queues)
+        started = 0
+        for q in queues[:QUEUES_PER_ROUND]:
+            cores, memory, disk = self.free()
+            if cores < 1:
+                break
+            offer = {"site": self.site, "cores": cores, "memory_mb": memory, "disk_mb": disk,
+                     "labels": sorted(self.labels), "max_jobs": min(cores, 64)}
+            try:
+                answer = await self._call(q, "queue.claim", offer)
+            except RpcError as exc:
+                log("worker.claim_failed", logging.DEBUG, queue=q, reason=str(exc))
+                continue
+            self.counters["claims"] += 1
+            if not isinstance(answer, list):
+                continue
+            for wire in answer:
+                try:
+                    rec = JobRecord.from_wire_untrusted(wire, self.grid)
+                except BadMessage as exc:
+                    log("worker.bad_lease", logging.WARNING, queue=q, reason=str(exc))
+                    continue
+                if rec.lease is None or rec.lease.worker != self.membership.me:
+                    continue
+                self.held[rec.job_id] = Held(rec, q, rec.lease.epoch)
+                self.counters["jobs_claimed"] += 1
+                started += 1
+                nursery.start_soon(self._execute, rec.job_id)
+        return started
+
+    async def _execute(self, job_id: bytes) -> None:
+        held = self.held[job_id]
+        log("job.running", job=job_id, attempt=held.record.attempt, primary=held.primary,
+            reason="leased to this node")
+        try:
+            ok, failure = await self.run_job(held.record)
+            if not held.done:  # not taken away from us meanwhile
+                await self._report(held, ok, failure)
+        finally:
+            self.held.pop(job_id, None)
+            self.wake()
+
+    async def _report(self, held: Held, ok: bool, failure: Failure | None) -> None:
+        rec = held.record
+        args: dict[str, Any] = {"job": rec.job_id, "attempt": rec.attempt, "ok": ok}
+        if failure is not None:
+            args["failure"] = {"code": failure.code, "diagnosis": failure.diagnosis,
+                               "exit_code": failure.exit_code, "signal": failure.signal,
+                               "stderr_tail": list(failure.stderr_tail)}
+        delay = 0.2
+        with trio.move_on_after(rec.lease.duration if rec.lease else 60):
+            while True:
+                targets = [held.primary] + [m for m in rec.home if m != held.primary]
+                for target in targets:
+                    try:
+                        answer = await self._call(target, "queue.report",
+                                                  {**args, "epoch": held.epoch})
+                    except RpcError:
+                        continue
+                    if answer == "ok":
+                        self.counters["jobs_reported"] += 1
+                        return
+                    if answer == "stale":
+                        self.counters["reports_refused"] += 1
+                        log("worker.report_refused", logging.WARNING, job=rec.job_id,
+                            reason="the lease is no longer ours (expired or taken over)")
+                        return
+                    if answer == "not_primary":
+                        continue
+                    # "retry": the primary could not reach a majority yet
+                await self._refresh_epoch(held)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5)
+        log("worker.report_lost", logging.WARNING, job=rec.job_id,
+            reason="no home member took the report before the lease ran out")
+
+    # -- heartbeats -----------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await trio.sleep(self.heartbeat_interval)
+            by_primary: dict[bytes, list[Held]] = {}
+            for h in list(self.held.values()):
+                by_primary.setdefault(h.primary, []).append(h)
+            async with trio.open_nursery() as nursery:
+                for primary, helds in by_primary.items():
+                    nursery.start_soon(self._heartbeat, primary, helds)
+
+    async def _heartbeat(self, primary: bytes, helds: list[Held]) -> None:
+        """One message renews every lease we hold from ``primary``."""
+        self.counters["heartbeats"] += 1
+        try:
+            answer = await self._call(primary, "queue.heartbeat", {
+                "entries": [[h.record.job_id, h.record.attempt] for h in helds]})
+        except RpcError:
+            answer = {}
+        if not isinstance(answer, dict):
+            answer = {}
+        for h in helds:
+            verdict = answer.get(h.record.job_id, "not_primary")
+            if isinstance(verdict, int) and not isinstance(verdict, bool):
+                h.epoch = verdict
+            elif verdict in ("stale", "cancelled"):
+                self._lose(h, "the job was cancelled" if verdict == "cancelled"
+                           else "the lease is no longer ours")
+            else:
+                await self._refresh_epoch(h)
+
+    async def _refresh_epoch(self, held: Held) -> None:
+        """Find which home member now leads the job, and our lease's epoch there."""
+        rec = held.record
+        for member in rec.home:
+            try:
+                answer = await self._call(member, "queue.heartbeat",
+                                          {"entries": [[rec.job_id, rec.attempt]]})
+            except RpcError:
+                continue
+            verdict = answer.get(rec.job_id) if isinstance(answer, dict) else None
+            if isinstance(verdict, int) and not isinstance(verdict, bool):
+                held.primary, held.epoch = member, verdict
+                return
+            if verdict in ("stale", "cancelled"):
+                self._lose(held, "the lease is no longer ours" if verdict == "stale"
+                           else "the job was cancelled")
+                return
+
+    def _lose(self, held: Held, reason: str) -> None:
+        if held.done:
+            return
+        held.done = True
+        self.counters["leases_lost"] += 1
+        log("worker.lease_lost", logging.WARNING, job=held.record.job_id, reason=reason)
+        self.kill_job(held.record.job_id, reason)
+
+    def statistics(self) -> dict[str, int]:
+        return {**self.counters, "jobs_running": len(self.held)}
