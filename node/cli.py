@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,6 +28,7 @@ from overlay import (
 )
 
 from .admin import admin_call
+from .cli_common import Parser, parse_node_id, print_result, remote
 from .client import Client
 from .config import Config, load_config, render_config
 from .datadir import DataDir, default_data_dir, read_grid_info, read_node_cert, write_atomic
@@ -39,11 +38,6 @@ from .userdir import GridMembership, UserDir, default_user_dir, read_user_cert
 
 DAY = 86400
 MAX_DAYS = 100 * 366
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 def _roles(text: str) -> tuple[str, ...]:
@@ -64,17 +58,17 @@ def _check_name(name: str, what: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--data-dir", type=Path, default=None,
                         help="node data dir (default: $GRIDNODE_DATA_DIR, "
                         "else ~/.local/share/gridnode)")
-    as_json = _Parser(add_help=False)
+    as_json = Parser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
 
-    p = _Parser(prog="gridnode", description="A peer-to-peer grid node.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = Parser(prog="gridnode", description="A peer-to-peer grid node.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    user_dir = _Parser(add_help=False)
+    user_dir = Parser(add_help=False)
     user_dir.add_argument("--user-dir", type=Path, default=None,
                           help="user keys and certs (default: $GRIDNODE_USER_DIR, "
                           "else ~/.config/gridnode)")
@@ -95,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     q.add_argument("--config", type=Path, help="config file (default: DATA_DIR/config.toml)")
 
-    reach = _Parser(add_help=False, parents=[user_dir])
+    reach = Parser(add_help=False, parents=[user_dir])
     reach.add_argument("--via", metavar="HOST:PORT",
                        help="reach this node over the network (default: the node of --data-dir)")
     reach.add_argument("--grid", dest="grid_select", metavar="GRID",
@@ -112,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="who the node sees you as, and what you may do")
 
     u = sub.add_parser("user", help="user keys and certificates").add_subparsers(
-        dest="user_command", required=True, parser_class=_Parser)
+        dest="user_command", required=True, parser_class=Parser)
     q = u.add_parser("init", parents=[user_dir], help="make a user key and a join request")
     q.add_argument("--grid", type=Path, required=True, help="grid.info of the grid")
     q.add_argument("--name", help="user name (default: the login name)")
@@ -122,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_parser("list", parents=[user_dir, as_json], help="list the grids of the user dir")
 
     g = sub.add_parser("grid", help="grid authority commands").add_subparsers(
-        dest="grid_command", required=True, parser_class=_Parser)
+        dest="grid_command", required=True, parser_class=Parser)
     q = g.add_parser("admit", parents=[common], help="sign a node's or user's join request")
     q.add_argument("request", type=Path)
     q.add_argument("--out", type=Path, required=True, help="where to write the certificate")
@@ -134,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_parser("info", parents=[common, as_json], help="show the grid this data dir belongs to")
 
     c = sub.add_parser("cert", help="certificate commands").add_subparsers(
-        dest="cert_command", required=True, parser_class=_Parser)
+        dest="cert_command", required=True, parser_class=Parser)
     q = c.add_parser("install", parents=[common], help="install this node's certificate")
     q.add_argument("cert", type=Path)
     c.add_parser("show", parents=[common, as_json], help="show this node's certificate")
@@ -143,10 +137,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _datadir(args: argparse.Namespace) -> DataDir:
     return DataDir(args.data_dir if args.data_dir is not None else default_data_dir())
-
-
-def _print(data: Any, as_json: bool, text: str) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True) if as_json else text)
 
 
 # -- init ------------------------------------------------------------------
@@ -240,35 +230,9 @@ async def _serve_until_signal(run_node: Any, cfg: Config, dd: DataDir) -> None:
             nursery.start_soon(stop_on_signal)
 
 
-def _remote(args: argparse.Namespace, work: Callable[[Client], Awaitable[Any]]) -> Any:
-    """Run ``work`` on a Client connected as the flags say; errors become one line."""
-    from overlay import BadMessage, RpcError
-
-    data_dir = args.data_dir
-    if data_dir is None and (args.via is None or default_data_dir().exists()):
-        data_dir = default_data_dir()
-
-    async def run() -> Any:
-        async with Client.connect(args.via, data_dir=data_dir, user_dir=args.user_dir,
-                                  grid=args.grid_select) as client:
-            return await work(client)
-
-    try:
-        return trio.run(run)
-    except BaseExceptionGroup as group:
-        leaf: BaseException = group
-        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-            leaf = leaf.exceptions[0]
-        if isinstance(leaf, UserError | RpcError | BadMessage):
-            raise UserError(str(leaf)) from None
-        raise
-    except (RpcError, BadMessage) as exc:
-        raise UserError(str(exc)) from None
-
-
 def _status(args: argparse.Namespace) -> dict[str, Any]:
     if args.via is not None:
-        return dict(_remote(args, lambda c: c.status()))
+        return dict(remote(args, lambda c: c.status()))
     return dict(admin_call(_datadir(args).admin_socket, "status"))
 
 
@@ -291,7 +255,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{ch.get('handshake_timeouts', 0)} timed out, {ch.get('calls', 0)} calls",
         f"refused     {refused}",
     ])
-    _print(s, args.json, text)
+    print_result(s, args.json, text)
     return 0
 
 
@@ -304,42 +268,32 @@ def _age(seconds: float) -> str:
 
 def cmd_peers(args: argparse.Namespace) -> int:
     if args.via is not None:
-        peers = _remote(args, lambda c: c.peers())
+        peers = remote(args, lambda c: c.peers())
     else:
         peers = admin_call(_datadir(args).admin_socket, "peers")
     rows = [f"{'ID':<40}  {'SITE':<16}  {'ADDRESSES':<22}  {'ROLES':<28}  LAST SEEN"]
     rows += [f"{p['id']:<40}  {p['site']:<16}  {','.join(p['addresses']):<22}  "
              f"{','.join(p['roles']):<28}  {_age(p['last_seen'])}" for p in peers]
-    _print(peers, args.json, "\n".join(rows))
+    print_result(peers, args.json, "\n".join(rows))
     return 0
 
 
-def _node_id(text: str) -> bytes:
-    try:
-        node_id = bytes.fromhex(text)
-    except ValueError:
-        node_id = b""
-    if len(node_id) != 20:
-        raise UsageError(f"{text!r} is not a node id (40 hex digits)")
-    return node_id
-
-
 def cmd_ping(args: argparse.Namespace) -> int:
-    target = _node_id(args.node_id) if args.node_id else None
+    target = parse_node_id(args.node_id) if args.node_id else None
     if not 1 <= args.count <= 10000:
         raise UsageError("--count must be from 1 to 10000")
 
     async def pings(client: Client) -> list[dict[str, Any]]:
         return [await client.ping(target) for _ in range(args.count)]
 
-    answers = _remote(args, pings)
+    answers = remote(args, pings)
     rows = [{"id": a["id"].hex(), "site": a["site"], "total_ms": round(a["total_ms"], 3),
              "forwarded_ms": round(a["rtt_ms"], 3) if "rtt_ms" in a else None,
              "address": a.get("address")} for a in answers]
     lines = [f"pong from {r['id']} (site {r['site']}) in {r['total_ms']:.2f} ms"
              + (f" (the node we asked reached {r['address']} in {r['forwarded_ms']:.2f} ms)"
                 if r["forwarded_ms"] is not None else "") for r in rows]
-    _print(rows if args.count > 1 else rows[0], args.json, "\n".join(lines))
+    print_result(rows if args.count > 1 else rows[0], args.json, "\n".join(lines))
     return 0
 
 
@@ -347,7 +301,7 @@ def cmd_whoami(args: argparse.Namespace) -> int:
     async def ask(client: Client) -> dict[str, Any]:
         return {**await client.whoami(), "speaking_as": client.identity.source}
 
-    w = _remote(args, ask)
+    w = remote(args, ask)
     info = {"id": w["id"].hex(), "kind": w["kind"], "name": w["name"], "roles": w["roles"],
             "grid": w["grid"].hex(), "access": w["access"], "not_after": w["not_after"],
             "node": w["node"].hex(), "site": w["site"], "speaking_as": w["speaking_as"]}
@@ -360,7 +314,7 @@ def cmd_whoami(args: argparse.Namespace) -> int:
         f"seen by     node {info['node']} (site {info['site']})",
         f"speaking as {info['speaking_as']}",
     ])
-    _print(info, args.json, text)
+    print_result(info, args.json, text)
     return 0
 
 
@@ -463,7 +417,7 @@ def cmd_grid_info(args: argparse.Namespace) -> int:
     info = {"grid": grid.grid_id.hex(), "name": grid.name,
             "authority_key": grid.authority_key.hex(), "created": grid.created,
             "bootstrap": list(grid.bootstrap)}
-    _print(info, args.json, "\n".join(f"{k:<14}{v}" for k, v in info.items()))
+    print_result(info, args.json, "\n".join(f"{k:<14}{v}" for k, v in info.items()))
     return 0
 
 
@@ -486,7 +440,7 @@ def cmd_cert_show(args: argparse.Namespace) -> int:
     info = {"id": key.id.hex(), "site": cert.name, "kind": cert.kind, "roles": list(cert.roles),
             "grid": cert.grid_id.hex(), "not_before": cert.not_before,
             "not_after": cert.not_after}
-    _print(info, args.json, "\n".join(f"{k:<11}{v}" for k, v in info.items()))
+    print_result(info, args.json, "\n".join(f"{k:<11}{v}" for k, v in info.items()))
     return 0
 
 
@@ -548,7 +502,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     lines = [f"{'GRID':<14}{'NAME':<16}{'USER':<14}{'ROLES':<8}STATE"]
     lines += [f"{r['grid'][:12]:<14}{r['grid_name'][:15]:<16}{(r['user'] or '-')[:13]:<14}"
               f"{','.join(r['roles']) or '-':<8}{r['state']}" for r in rows]
-    _print(rows, args.json, "\n".join(lines))
+    print_result(rows, args.json, "\n".join(lines))
     return 0
 
 

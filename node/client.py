@@ -27,6 +27,7 @@ Errors are ``overlay.RpcError`` (``.code`` names the reason:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,9 +42,11 @@ from overlay import (
     ChannelClosed,
     Credentials,
     RpcClient,
+    RpcError,
     Unavailable,
     open_rpc,
 )
+from steering import FINAL, JobRecord, JobSpec, SignedJob
 
 from .admin import AdminError, admin_call
 from .config import parse_hostport
@@ -149,3 +152,76 @@ class Client:
 
     async def peers(self) -> list[dict[str, Any]]:
         return list(await self.call("peers"))
+
+    # -- jobs ----------------------------------------------------------------
+
+    def sign(self, spec: JobSpec) -> SignedJob:
+        creds = self.identity.creds
+        if creds.cert.kind != "user":
+            raise UserError("submitting jobs needs a user certificate; this client speaks as "
+                            "a node (run 'gridnode user init' and have it admitted)")
+        return SignedJob.create(creds.key, creds.cert, spec, int(time.time()), os.urandom(8))
+
+    async def submit(self, specs: list[JobSpec]) -> list[bytes]:
+        """Sign and submit jobs; their ids once a majority of each home set has them."""
+        ids: list[bytes] = []
+        jobs = [self.sign(s) for s in specs]
+        for i in range(0, len(jobs), 500):
+            batch = jobs[i:i + 500]
+            answer = await self.call("job.submit", {"jobs": [j.raw for j in batch]},
+                                     timeout=120)
+            errors = answer.get("errors") or {}
+            if errors:
+                job_id, why = next(iter(errors.items()))
+                raise RpcError("not_stored", f"{len(errors)} of {len(batch)} jobs were not "
+                               f"stored (job {job_id.hex()}: {why}); {len(ids)} were")
+            ids += answer["ids"]
+        return ids
+
+    def _record(self, wire: Any) -> JobRecord:
+        try:
+            return JobRecord.from_wire_untrusted(wire, self.identity.creds.grid)
+        except BadMessage as exc:
+            raise RpcError("bad_reply", f"the node sent a bad job record: {exc}") from None
+
+    async def job(self, job_id: bytes) -> JobRecord:
+        return self._record(await self.call("job.get", {"job": job_id}, timeout=30))
+
+    async def jobs(self, *, state: str | None = None, user: str | None = None,
+                   task: str | None = None, limit: int = 1000) -> list[JobRecord]:
+        query: dict[str, Any] = {"limit": limit}
+        for k, v in (("state", state), ("user", user), ("task", task)):
+            if v is not None:
+                query[k] = v
+        return [self._record(w) for w in await self.call("job.list", query, timeout=60)]
+
+    async def resolve(self, ident: bytes) -> list[JobRecord]:
+        """A job id, or a task id: the records it names (not_found otherwise)."""
+        try:
+            return [await self.job(ident)]
+        except RpcError as exc:
+            if exc.code != "not_found":
+                raise
+        records = await self.jobs(task=ident.hex(), limit=100_000)
+        if not records:
+            raise RpcError("not_found", f"no job or task {ident.hex()} in this grid")
+        return records
+
+    async def cancel(self, job_id: bytes) -> str:
+        return str(await self.call("job.cancel", {"job": job_id}, timeout=60))
+
+    async def wait(self, ident: bytes, *, poll: float = 0.5) -> list[JobRecord]:
+        """Wait until every job of ``ident`` (a job or a task) is final."""
+        while True:
+            records = await self.resolve(ident)
+            if all(r.state in FINAL for r in records):
+                return records
+            await trio.sleep(poll)
+            poll = min(poll * 1.5, 5.0)
+
+    @asynccontextmanager
+    async def logs(self, job_id: bytes, *, stream: str = "stdout", follow: bool = False,
+                   attempt: int = 0) -> AsyncIterator[AsyncIterator[bytes]]:
+        async with self.rpc.stream("job.logs", {"job": job_id, "stream": stream,
+                                                "follow": follow, "attempt": attempt}) as items:
+            yield items

@@ -82,6 +82,16 @@ class ChannelConfig:
 
 
 @dataclass(frozen=True)
+class QueueSection:
+    # Home set size: queue nodes that hold each job.
+    replicas: int = 3
+    # Seconds a worker's lease lasts without a heartbeat (it beats 4 times per lease).
+    lease_duration: float = 60.0
+    # Seconds before a job that no node can run is failed as unschedulable.
+    unschedulable_after: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
     bootstrap: tuple[str, ...] = ()
@@ -98,6 +108,9 @@ class Config:
     capacity: Capacity = field(default_factory=Capacity)
     dht: DhtConfig = field(default_factory=DhtConfig)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
+    queue: QueueSection = field(default_factory=QueueSection)
+    # Labels this node offers jobs (a job's requirement "labels" must be among them).
+    labels: tuple[str, ...] = ()
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -109,7 +122,8 @@ class Config:
                 for b in self.bootstrap]
 
 
-_SECTIONS = {"capacity": Capacity, "dht": DhtConfig, "channel": ChannelConfig}
+_SECTIONS = {"capacity": Capacity, "dht": DhtConfig, "channel": ChannelConfig,
+             "queue": QueueSection}
 
 
 def _check_type(key: str, value: Any, default: Any) -> Any:
@@ -173,6 +187,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("record_ttl must be longer than record_refresh")
     if not 1 <= cfg.dht.ksize <= 64 or not 1 <= cfg.dht.alpha <= cfg.dht.ksize:
         raise ConfigError("dht.ksize must be 1-64 and dht.alpha 1-ksize")
+    q = cfg.queue
+    if not 1 <= q.replicas <= 15 or q.lease_duration < 1 or q.unschedulable_after <= 0:
+        raise ConfigError("queue.replicas must be 1-15, queue.lease_duration at least 1 s "
+                          "and queue.unschedulable_after positive")
+    if cfg.capacity.cores < 0 or any(not 0 < len(x) <= 128 for x in cfg.labels):
+        raise ConfigError("capacity.cores must not be negative and labels 1-128 characters")
     ch = cfg.channel
     if not 4096 <= ch.max_frame <= 64 * 1024 * 1024:
         raise ConfigError("channel.max_frame must be 4096-67108864 bytes")

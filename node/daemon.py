@@ -45,11 +45,15 @@ from overlay import (
     node_record_key,
     provider_key,
 )
+from steering import JobService, QueueConfig, QueueNode, Worker
 
 from .admin import AdminError, claim_socket_path, serve_admin
 from .config import Config, parse_hostport
 from .datadir import DataDir
 from .errors import UserError, first_user_error
+from .executor import Executor
+from .jobs import JobRunner, NodeMembership, SlotStore, sandbox_root
+from .jobs import methods as job_methods
 from .logs import log
 from .service import methods
 from .state import PeerRow, State, StateError, open_state
@@ -84,13 +88,34 @@ class Node:
         ch = cfg.channel
         self.creds = Credentials(key, cert, grid, revocations.revoked, max_frame=ch.max_frame)
         self.channel_counters: dict[str, int] = {}
-        self.rpc = RpcServer(methods(self), max_in_flight=ch.max_calls_per_connection,
+        self.rpc = RpcServer({}, max_in_flight=ch.max_calls_per_connection,
                              counters=self.channel_counters)
         self.channels = ChannelServer(self.creds, self.rpc.serve_channel,
                                       handshake_timeout=ch.handshake_timeout,
                                       max_connections=ch.max_connections,
                                       counters=self.channel_counters)
         self.pool = RpcPool(self.creds)
+        self.bound: tuple[str, int] | None = None
+        # node id -> (site, capacity) from node records (and our own config).
+        self.capacities: dict[bytes, tuple[str, dict[str, int]]] = {}
+        if "compute" in self.roles:
+            self.capacities[key.id] = (cert.name, self._capacity())
+        self.executor = Executor(sandbox_root(datadir.root), cores=cfg.capacity.cores,
+                                 memory_mb=cfg.capacity.memory_mb)
+        self.membership = NodeMembership(self)
+        self.queue = QueueNode(grid, self.membership, self.pool, SlotStore(state, grid),
+                               QueueConfig(r=cfg.queue.replicas,
+                                           lease_duration=cfg.queue.lease_duration,
+                                           unschedulable_after=cfg.queue.unschedulable_after))
+        self.job_service = JobService(self.queue, lambda: self.revocations.revoked)
+        self.runner = JobRunner(self.executor, cfg.capacity.disk_gb * 1024)
+        self.worker = Worker(grid, self.membership, self.pool, cert.name, frozenset(cfg.labels),
+                             self.runner.free, self.runner.run, self.runner.kill,
+                             heartbeat_interval=cfg.queue.lease_duration / 4)
+        table = {**methods(self), **self.job_service.methods(), **job_methods(self)}
+        if "queue" in self.roles:
+            table.update(self.queue.methods())
+        self.rpc.methods.update(table)
         self.peers: dict[bytes, PeerRow] = {}
         # (seq, expires) of the newest record checked for each peer this run.
         self._record_seen: dict[bytes, tuple[int, int]] = {}
@@ -114,6 +139,8 @@ class Node:
         # A second daemon on this data dir is told so before it fails on the port.
         claim_socket_path(self.datadir.admin_socket)
         bound = await self._listen()
+        self.bound = bound
+        self.queue.load(await self.queue.store.load())  # type: ignore[attr-defined]
         self.addresses = self.cfg.advertise or (
             (f"{bound[0]}:{bound[1]}",) if bound[0] not in ("0.0.0.0", "::") else ())
         dropped = sorted(set(self.cfg.roles) - set(self.roles))
@@ -125,6 +152,10 @@ class Node:
                 await nursery.start(self.dht.serve)
                 await nursery.start(self.channels.serve)
                 await nursery.start(self.pool.run)
+                if "queue" in self.roles:
+                    await nursery.start(self.queue.run)
+                if "compute" in self.roles:
+                    await nursery.start(self.worker.run)
                 await nursery.start(serve_admin, self.datadir.admin_socket, self.handle_admin,
                                     self.counters)
                 log(logger, "node.started", id=self.key.id, grid=self.grid.grid_id,
@@ -213,13 +244,16 @@ class Node:
         log(logger, "bootstrap.done", level, tried=len(candidates), answered=found,
             reason="joining the grid" if found else "no bootstrap node answered; will retry")
 
+    def _capacity(self) -> dict[str, int]:
+        c = self.cfg.capacity
+        return {"cores": c.cores, "memory_mb": c.memory_mb, "disk_gb": c.disk_gb}
+
     async def _publish(self) -> bool:
         now = time.time()
         self.record_seq = max(self.record_seq + 1, int(now * 1000))
         record = NodeRecord.create(
             self.key, self.cert, addresses=self.addresses, roles=self.roles,
-            capacity={"cores": self.cfg.capacity.cores, "memory_mb": self.cfg.capacity.memory_mb,
-                      "disk_gb": self.cfg.capacity.disk_gb},
+            capacity=self._capacity(),
             seq=self.record_seq, expires=int(now) + self.cfg.record_ttl)
         assert record.signed is not None
         stored = await self.dht.put(record.signed)
@@ -283,6 +317,10 @@ class Node:
             if seen is not None and rec.seq <= seen[0]:
                 return  # the same record again, or an older one: no rollback
             self._record_seen[rec.node_id] = (rec.seq, rec.expires)
+            if "compute" in rec.roles:
+                self.capacities[rec.node_id] = (rec.site, dict(rec.capacity))
+            else:
+                self.capacities.pop(rec.node_id, None)
             old = self.peers.get(rec.node_id)
             last_seen = max(contact.last_seen, old.last_seen if old else 0.0)
             row = PeerRow(rec.node_id, rec.site, rec.addresses or (f"{contact.host}:"
@@ -377,6 +415,8 @@ class Node:
             "peers_known": len(self.peers),
             "dht": self.dht.statistics(),
             "channel": {**self.channels.statistics(), **self.pool.statistics()},
+            "queue": self.queue.statistics(),
+            "worker": {**self.worker.statistics(), **self.executor.statistics()},
             "refused": dict(self.counters),
             "cert_expires": self.cert.not_after,
             "revocation_serial": self.revocations.serial,

@@ -65,7 +65,8 @@ class SlotStore(Protocol):
 class Membership(Protocol):
     """What the queue needs to know about the grid (the node provides it)."""
 
-    me: bytes
+    @property
+    def me(self) -> bytes: ...
 
     def queue_nodes(self) -> dict[bytes, tuple[str, int]]: ...
     def is_suspect(self, node_id: bytes) -> bool: ...

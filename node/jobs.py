@@ -1,0 +1,215 @@
+"""The node's side of jobs: what steering needs from it, and job logs.
+
+- :class:`NodeMembership`: the queue nodes and capacities this node knows
+  (from the DHT's node records), and which of them seem dead;
+- :class:`SlotStore`: steering's home-set slots in the SQLite file;
+- :class:`JobRunner`: a leased job run by the local executor, its result
+  turned into a job outcome;
+- ``job.logs``/``worker.logs``: a job's stdout or stderr, streamed from the
+  node that ran it, through whichever node the user asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from overlay import BadMessage, CallContext, GridInfo, Method, RpcError, bad_request, packb
+from overlay import unpackb_untrusted as unpack
+from steering import Capacity, Failure, JobRecord, Slot
+
+from .config import parse_hostport
+from .errors import UserError
+from .executor import Executor, RunSpec
+from .logs import log
+
+if TYPE_CHECKING:
+    from .daemon import Node
+
+logger = logging.getLogger("gridnode.jobs")
+
+# A member that failed to answer stays suspect this long after its last failure
+# unless it answers again meanwhile.
+SUSPECT_FOR = 30.0
+
+
+@dataclass
+class NodeMembership:
+    node: Node
+    _last_ok: dict[bytes, float] = field(default_factory=dict)
+    _last_fail: dict[bytes, float] = field(default_factory=dict)
+
+    @property
+    def me(self) -> bytes:
+        return self.node.key.id
+
+    def queue_nodes(self) -> dict[bytes, tuple[str, int]]:
+        out: dict[bytes, tuple[str, int]] = {}
+        for p in self.node.peers.values():
+            if "queue" in p.roles and p.node_id not in self.node.revocations.revoked:
+                for text in p.addresses:
+                    try:
+                        out[p.node_id] = parse_hostport(text, "address")
+                        break
+                    except UserError:
+                        continue
+        if "queue" in self.node.roles and self.node.bound is not None:
+            out[self.me] = self.node.bound
+        return out
+
+    def note(self, node_id: bytes, ok: bool) -> None:
+        (self._last_ok if ok else self._last_fail)[node_id] = time.monotonic()
+
+    def is_suspect(self, node_id: bytes) -> bool:
+        if node_id == self.me:
+            return False
+        fail = self._last_fail.get(node_id)
+        if fail is None or time.monotonic() - fail > SUSPECT_FOR:
+            return False
+        return self._last_ok.get(node_id, 0.0) < fail
+
+    def capacities(self) -> list[Capacity]:
+        out = []
+        for node_id, (site, cap) in self.node.capacities.items():
+            if node_id in self.node.revocations.revoked:
+                continue
+            labels = frozenset(self.node.cfg.labels) if node_id == self.me else None
+            out.append(Capacity(site, cap.get("cores", 0), cap.get("memory_mb", 0),
+                                cap.get("disk_gb", 0) * 1024, labels))
+        return out
+
+
+@dataclass
+class SlotStore:
+    state: Any
+    grid: GridInfo
+
+    async def save_slots(self, slots: Iterable[tuple[bytes, Slot]]) -> None:
+        await self.state.save_slots([
+            (j, s.promised, s.ballot, None if s.record is None else s.record.state,
+             None if s.record is None else packb(s.record.to_wire())) for j, s in slots])
+
+    async def load(self) -> list[tuple[bytes, Slot]]:
+        out = []
+        for job_id, promised, ballot, raw in await self.state.load_slots():
+            rec = None
+            if raw is not None:
+                try:
+                    rec = JobRecord.from_wire_untrusted(unpack(raw, max_size=1 << 20), self.grid,
+                                                        stored=True)
+                except BadMessage as exc:
+                    log(logger, "slot.unreadable", logging.ERROR, job=job_id, reason=str(exc))
+                    continue
+            out.append((job_id, Slot(promised, ballot, rec)))
+        return out
+
+
+class JobRunner:
+    """Runs leased jobs with the local executor."""
+
+    def __init__(self, executor: Executor, disk_mb: int) -> None:
+        self.executor = executor
+        self.disk_mb = disk_mb
+
+    def free(self) -> tuple[int, int, int]:
+        cores, memory = self.executor.free()
+        return cores, memory, self.disk_mb
+
+    def kill(self, job_id: bytes, reason: str) -> None:
+        self.executor.cancel(job_id.hex(), reason)
+
+    async def run(self, rec: JobRecord) -> tuple[bool, Failure | None]:
+        spec = rec.job.spec
+        argv = tuple(a.replace("{index}", str(spec.index)) for a in spec.argv)
+        result = await self.executor.run(RunSpec(
+            job_id=rec.job.hex_id, attempt=rec.attempt, argv=argv, env=dict(spec.env),
+            cores=spec.cores, memory_mb=spec.memory_mb, walltime_s=float(spec.walltime_s)))
+        if result.error is None:
+            return True, None
+        return False, Failure(result.error, result.diagnosis, result.exit_code, result.signal,
+                              result.stderr_tail)
+
+
+def methods(node: Node) -> dict[str, Method]:
+    async def worker_logs(ctx: CallContext, args: Any) -> AsyncIterator[bytes]:
+        job, attempt, stream, follow = _log_args(args)
+        path = node.executor.log_path(job.hex(), attempt, stream)
+        if not path.exists():
+            raise RpcError("not_found", f"no {stream} of job {job.hex()} attempt {attempt} "
+                           f"on this node")
+        if follow:
+            async for chunk in node.executor.follow(job.hex(), attempt, stream):
+                yield chunk
+        else:
+            async for chunk in _read(path):
+                yield chunk
+
+    async def job_logs(ctx: CallContext, args: Any) -> AsyncIterator[bytes]:
+        job, attempt, stream, follow = _log_args(args)
+        rec = await node.job_service.find(job)
+        if rec is None:
+            raise RpcError("not_found", f"no job {job.hex()} in this grid")
+        ran = [e for e in rec.history if e.state == "running" and e.node]
+        if not ran:
+            raise RpcError("not_found", f"job {job.hex()} has not run yet ({rec.state})")
+        worker = ran[-1].node
+        attempt = attempt or rec.attempt
+        query = {"job": job, "attempt": attempt, "stream": stream, "follow": follow}
+        if worker == node.key.id:
+            async for chunk in worker_logs(ctx, query):
+                yield chunk
+            return
+        address = await _address_of(node, worker)
+        client = await node.pool.client(*address, expect_id=worker)
+        async with client.stream("worker.logs", query) as items:
+            async for chunk in items:
+                if not isinstance(chunk, bytes):
+                    raise RpcError("internal", "the worker sent a bad log chunk")
+                yield chunk
+
+    return {
+        "job.logs": Method(job_logs, streaming=True),
+        "worker.logs": Method(worker_logs, streaming=True),
+    }
+
+
+async def _address_of(node: Node, node_id: bytes) -> tuple[str, int]:
+    from .service import peer_addresses
+
+    addresses = await peer_addresses(node, node_id)
+    if not addresses:
+        raise RpcError("unavailable", f"node {node_id.hex()} that ran the job is not known")
+    return addresses[0]
+
+
+def _log_args(args: Any) -> tuple[bytes, int, str, bool]:
+    if not (isinstance(args, dict) and isinstance(args.get("job"), bytes)
+            and len(args["job"]) == 20):
+        raise bad_request("logs take {job, attempt, stream, follow}")
+    attempt = args.get("attempt", 0)
+    stream = args.get("stream", "stdout")
+    follow = args.get("follow", False)
+    if not (type(attempt) is int and 0 <= attempt < 1000 and stream in ("stdout", "stderr")
+            and isinstance(follow, bool)):
+        raise bad_request("attempt must be 0-999, stream stdout or stderr, follow a bool")
+    return args["job"], attempt, stream, follow
+
+
+async def _read(path: Path, chunk: int = 64 * 1024) -> AsyncIterator[bytes]:
+    import trio
+
+    async with await trio.open_file(path, "rb") as f:
+        while data := await f.read(chunk):
+            yield data
+
+
+def sandbox_root(datadir_root: Path) -> Path:
+    root = datadir_root / "jobs"
+    root.mkdir(exist_ok=True, mode=0o700)
+    os.chmod(root, 0o700)
+    return root
