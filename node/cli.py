@@ -29,6 +29,8 @@ from overlay import (
 
 from .admin import admin_call
 from .cli_common import Parser, parse_node_id, print_result, remote
+from .cli_jobs import add_parsers as add_job_parsers
+from .cli_jobs import cmd_cancel, cmd_jobs, cmd_logs, cmd_submit, cmd_wait, job_status
 from .client import Client
 from .config import Config, load_config, render_config
 from .datadir import DataDir, default_data_dir, read_grid_info, read_node_cert, write_atomic
@@ -95,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     reach.add_argument("--grid", dest="grid_select", metavar="GRID",
                        help="which grid of the user dir (id prefix or name)")
 
-    sub.add_parser("status", parents=[common, as_json, reach], help="show a node's status")
+    q = sub.add_parser("status", parents=[common, as_json, reach],
+                       help="show a node's status, or a job's (with JOB)")
+    q.add_argument("job", nargs="?", help="a job id: show that job instead")
     sub.add_parser("peers", parents=[common, as_json, reach],
                    help="list the grid nodes a node knows")
     q = sub.add_parser("ping", parents=[common, as_json, reach],
@@ -104,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--count", type=int, default=1, help="number of pings (default 1)")
     sub.add_parser("whoami", parents=[common, as_json, reach],
                    help="who the node sees you as, and what you may do")
+
+    add_job_parsers(sub, [common, reach], as_json)
 
     u = sub.add_parser("user", help="user keys and certificates").add_subparsers(
         dest="user_command", required=True, parser_class=Parser)
@@ -237,6 +243,8 @@ def _status(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.job is not None:
+        return job_status(args)
     s = _status(args)
     ch = s.get("channel", {})
     refused = ", ".join(f"{k}={v}" for k, v in sorted(s["refused"].items()))
@@ -513,6 +521,11 @@ COMMANDS = {
     ("peers",): cmd_peers,
     ("ping",): cmd_ping,
     ("whoami",): cmd_whoami,
+    ("submit",): cmd_submit,
+    ("jobs",): cmd_jobs,
+    ("logs",): cmd_logs,
+    ("wait",): cmd_wait,
+    ("cancel",): cmd_cancel,
     ("grid", "admit"): cmd_grid_admit,
     ("grid", "revoke"): cmd_grid_revoke,
     ("grid", "info"): cmd_grid_info,

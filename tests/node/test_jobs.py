@@ -1,0 +1,158 @@
+"""Jobs through real nodes in one process: submit anywhere, run, read anywhere."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import trio
+
+from node.client import Client
+from overlay import RpcError
+from steering import JobSpec
+from tests.conftest import make_grid
+from tests.node.test_daemon import address, start_node
+
+FAST = {"queue": {"lease_duration": 4.0, "unschedulable_after": 1.0},
+        "capacity": {"cores": 2, "memory_mb": 2048, "disk_gb": 1}}
+
+
+async def grid_of(nursery: trio.Nursery, dirs, **overrides):
+    first, _ = await start_node(nursery, dirs[0], **{**FAST, **overrides})
+    nodes = [first]
+    for dd in dirs[1:]:
+        node, _ = await start_node(nursery, dd, bootstrap=[address(first)],
+                                   **{**FAST, **overrides})
+        nodes.append(node)
+    with trio.fail_after(60):
+        for n in nodes:
+            await n.wait_peers(len(dirs) - 1)
+    return nodes
+
+
+async def until(check, interval: float = 0.1):
+    """Poll another component's state until ``check()`` returns something true."""
+    while not (result := await check()):  # noqa: ASYNC110 - remote state, no event to wait on
+        await trio.sleep(interval)
+    return result
+
+
+def spec(*argv: str, **kw) -> JobSpec:
+    return JobSpec.from_mapping({"argv": list(argv), **kw})
+
+
+async def _in_state(c, j, state):
+    rec = await c.job(j)
+    return rec if rec.state == state else None
+
+
+async def _has_text(path):
+    await trio.lowlevel.checkpoint()
+    return path.exists() and path.read_text().strip()
+
+
+async def test_submit_through_one_node_run_and_read_through_another(short_tmp):
+    dirs = make_grid(short_tmp, 3)
+    async with trio.open_nursery() as nursery:
+        nodes = await grid_of(nursery, dirs)
+        async with Client.connect(address(nodes[0])) as a:
+            ids = await a.submit([spec("sh", "-c", f"echo job {i}; echo err >&2")
+                                  for i in range(6)])
+        assert len(ids) == 6
+        async with Client.connect(address(nodes[2])) as c:
+            with trio.fail_after(60):
+                for j in ids:
+                    rec = await until(lambda j=j: _in_state(c, j, "finished"))
+                    assert rec.attempt == 1
+                    assert [e.state for e in rec.history] == ["activated", "running",
+                                                              "finished"]
+            rec = await c.job(ids[3])
+            async with c.logs(ids[3]) as chunks:
+                out = b"".join([x async for x in chunks])
+            assert out == b"job 3\n"
+            async with c.logs(ids[3], stream="stderr") as chunks:
+                assert b"".join([x async for x in chunks]) == b"err\n"
+            listed = await c.jobs(state="finished")
+            assert {r.job_id for r in listed} >= set(ids)
+            with pytest.raises(RpcError) as err:
+                await c.job(b"\x07" * 20)
+            assert err.value.code == "not_found"
+        # Every job is stored on a majority of its home set.
+        for j in ids:
+            holders = [n for n in nodes if (s := n.queue.slots.get(j)) and s.record
+                       and s.record.state == "finished"]
+            assert len(holders) >= 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_failures_carry_their_diagnosis(short_tmp):
+    dirs = make_grid(short_tmp, 2)
+    async with trio.open_nursery() as nursery:
+        nodes = await grid_of(nursery, dirs)
+        async with Client.connect(address(nodes[1])) as c:
+            bad, missing, slow, unfit = await c.submit([
+                spec("sh", "-c", "echo oops >&2; exit 3"),
+                spec("no-such-command-here"),
+                spec("sleep", "30", walltime_s=1),
+                spec("true", cores=64),
+            ])
+            with trio.fail_after(60):
+                recs = {j: (await c.wait(j))[0] for j in (bad, missing, slow, unfit)}
+        assert recs[bad].failure.code == "exit_nonzero" and recs[bad].failure.exit_code == 3
+        assert "oops" in recs[bad].failure.stderr_tail
+        assert recs[missing].failure.code == "command_not_found"
+        assert "no-such-command-here" in recs[missing].failure.diagnosis
+        assert recs[slow].failure.code == "walltime_exceeded"
+        assert recs[unfit].state == "failed" and recs[unfit].failure.code == "unschedulable"
+        assert all(r.attempt <= 1 for r in recs.values())
+        nursery.cancel_scope.cancel()
+
+
+async def test_cancel_a_running_job_kills_its_process_group(short_tmp):
+    dirs = make_grid(short_tmp, 2)
+    async with trio.open_nursery() as nursery:
+        nodes = await grid_of(nursery, dirs)
+        async with Client.connect(address(nodes[0])) as c:
+            [j] = await c.submit([spec("sh", "-c", "sleep 300 & echo $$ > pid; wait")])
+            with trio.fail_after(30):
+                rec = await until(lambda: _in_state(c, j, "running"))
+            worker = next(n for n in nodes if n.key.id == rec.lease.worker)
+            pid_file = worker.executor.sandbox(j.hex(), 1) / "pid"
+            with trio.fail_after(10):
+                await until(lambda: _has_text(pid_file))
+            pgid = int(pid_file.read_text())
+            assert await c.cancel(j) == "cancelled"
+            with trio.fail_after(30):
+                while True:
+                    try:
+                        os.killpg(pgid, 0)
+                    except ProcessLookupError:
+                        break
+                    await trio.sleep(0.1)
+            assert (await c.job(j)).state == "cancelled"
+        nursery.cancel_scope.cancel()
+
+
+async def test_only_the_owner_or_an_admin_may_cancel(short_tmp, tmp_path):
+    from tests.conftest import cli
+
+    dirs = make_grid(short_tmp, 1)
+    bob = tmp_path / "bob"
+    cli("user", "init", "--user-dir", str(bob), "--grid", str(dirs[0].grid_info),
+        "--name", "bob")
+    [req] = bob.glob("*/join-request")
+    cli("grid", "admit", "--data-dir", str(dirs[0].root), str(req), "--out",
+        str(tmp_path / "bob.cert"))
+    cli("user", "install", "--user-dir", str(bob), str(tmp_path / "bob.cert"))
+    async with trio.open_nursery() as nursery:
+        [node] = await grid_of(nursery, dirs)
+        async with Client.connect(address(node), user_dir=bob) as b:
+            [j] = await b.submit([spec("sleep", "300")])
+        async with Client.connect(address(node)) as admin:  # the grid's admin user
+            [mine] = await admin.submit([spec("sleep", "300")])
+            assert await admin.cancel(j) == "cancelled"  # an admin may
+        async with Client.connect(address(node), user_dir=bob) as b:
+            with pytest.raises(RpcError) as err:
+                await b.cancel(mine)
+            assert err.value.code == "forbidden"
+        nursery.cancel_scope.cancel()
