@@ -45,7 +45,7 @@ from overlay import (
     node_record_key,
     provider_key,
 )
-from steering import JobService, QueueConfig, QueueNode, Worker
+from steering import JobService, QueueConfig, QueueNode, Worker, queue_methods
 
 from .admin import AdminError, claim_socket_path, serve_admin
 from .config import Config, parse_hostport
@@ -114,7 +114,7 @@ class Node:
                              heartbeat_interval=cfg.queue.lease_duration / 4)
         table = {**methods(self), **self.job_service.methods(), **job_methods(self)}
         if "queue" in self.roles:
-            table.update(self.queue.methods())
+            table.update(queue_methods(self.queue))
         self.rpc.methods.update(table)
         self.peers: dict[bytes, PeerRow] = {}
         # (seq, expires) of the newest record checked for each peer this run.

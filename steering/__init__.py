@@ -8,6 +8,7 @@ from .job import JobSpec, SignedJob, SpecError, parse_job_id
 from .jobs import JobService
 from .matching import Capacity, Offer
 from .queue import Membership, QueueConfig, QueueNode, SlotStore
+from .queue_rpc import queue_methods
 from .record import FINAL, STATES, Failure, JobRecord
 from .worker import Worker
 
@@ -31,4 +32,5 @@ __all__ = [
     "Worker",
     "home_set",
     "parse_job_id",
+    "queue_methods",
 ]

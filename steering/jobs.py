@@ -159,7 +159,8 @@ class JobService:
 
         async def ask(member: bytes) -> None:
             if member == self.membership.me:
-                answer = await self.queue._rpc_list(None, query)  # type: ignore[arg-type]
+                answer = [[b, r.to_wire()] for b, r in self.queue.list_local(
+                    state=state, user=user, task=task, limit=limit)]
             else:
                 try:
                     answer = await self.queue._call(member, "queue.list", query)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import trio
 
-from overlay import BadMessage, CallContext, GridInfo, Method, RpcError, RpcPool, bad_request
+from overlay import BadMessage, GridInfo, RpcError, RpcPool
 
 from .homeset import (
     DEFAULT_R,
@@ -513,107 +513,9 @@ class QueueNode:
                 "jobs_queued": len(self.match), "leases_held": len(self.expiry),
                 **{f"state_{k}": v for k, v in states.items()}}
 
-    # -- the RPC table ---------------------------------------------------------
-
-    def methods(self) -> dict[str, Method]:
-        return {
-            "queue.prepare": Method(self._rpc_prepare, access="node"),
-            "queue.accept": Method(self._rpc_accept, access="node"),
-            "queue.create": Method(self._rpc_create, access="node"),
-            "queue.claim": Method(self._rpc_claim, access="node"),
-            "queue.heartbeat": Method(self._rpc_heartbeat, access="node"),
-            "queue.report": Method(self._rpc_report, access="node"),
-            "queue.cancel": Method(self._rpc_cancel, access="node"),
-            "queue.get": Method(self._rpc_get),
-            "queue.list": Method(self._rpc_list),
-        }
-
-    async def _rpc_prepare(self, ctx: CallContext, args: Any) -> list[Any]:
-        entries = _entries(args)
-        parsed = []
-        for e in entries:
-            if not (isinstance(e, list) and len(e) == 2 and _is_id(e[0]) and _uint(e[1])):
-                raise bad_request("prepare entries are [job id, ballot]")
-            parsed.append((e[0], e[1]))
-        promises = await self.local_prepare(parsed)
-        return [[p.ok, p.promised, p.ballot, None if p.record is None else p.record.to_wire()]
-                for p in promises]
-
-    async def _rpc_accept(self, ctx: CallContext, args: Any) -> list[bool]:
-        parsed = []
-        for e in _entries(args):
-            if not (isinstance(e, list) and len(e) == 2 and _uint(e[0])):
-                raise bad_request("accept entries are [ballot, record]")
-            try:
-                rec = JobRecord.from_wire_untrusted(e[1], self.grid)
-            except BadMessage as exc:
-                raise bad_request(f"bad record: {exc}") from None
-            if ctx.peer_id not in rec.home:
-                raise RpcError("forbidden", "only a home member may write a job's record")
-            parsed.append((e[0], rec))
-        return await self.local_accept(parsed)
-
-    async def _rpc_create(self, ctx: CallContext, args: Any) -> dict[bytes, str]:
-        if not (isinstance(args, dict) and isinstance(args.get("jobs"), list)
-                and len(args["jobs"]) <= MAX_BATCH):
-            raise bad_request("create takes {jobs: [[job, home set]...]}")
-        jobs, homes = [], {}
-        for e in args["jobs"]:
-            if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], bytes)
-                    and isinstance(e[1], list) and all(_is_id(h) for h in e[1])
-                    and 0 < len(e[1]) <= 16):
-                raise bad_request("bad job entry")
-            try:
-                job = SignedJob.from_bytes_untrusted(e[0], self.grid)
-            except BadMessage as exc:
-                raise bad_request(f"bad job: {exc}") from None
-            jobs.append(job)
-            homes[job.job_id] = tuple(e[1])
-        return await self.create(jobs, homes)
-
-    async def _rpc_claim(self, ctx: CallContext, args: Any) -> list[Any]:
-        offer = _offer(ctx.peer_id, args)
-        return [r.to_wire() for r in await self.claim(offer)]
-
-    async def _rpc_heartbeat(self, ctx: CallContext, args: Any) -> dict[bytes, Any]:
-        leases = []
-        for e in _entries(args):
-            if not (isinstance(e, list) and len(e) == 2 and _is_id(e[0]) and _uint(e[1])):
-                raise bad_request("heartbeat entries are [job id, attempt]")
-            leases.append((e[0], e[1]))
-        return self.heartbeat(ctx.peer_id, leases)
-
-    async def _rpc_report(self, ctx: CallContext, args: Any) -> str:
-        if not (isinstance(args, dict) and _is_id(args.get("job")) and _uint(args.get("attempt"))
-                and _uint(args.get("epoch")) and isinstance(args.get("ok"), bool)):
-            raise bad_request("report takes {job, attempt, epoch, ok, failure}")
-        failure = None
-        if not args["ok"]:
-            failure = _failure(args.get("failure"), ctx.peer_id)
-        return await self.report(ctx.peer_id, args["job"], args["attempt"], args["epoch"],
-                                 args["ok"], failure)
-
-    async def _rpc_cancel(self, ctx: CallContext, args: Any) -> str:
-        if not (isinstance(args, dict) and _is_id(args.get("job"))
-                and isinstance(args.get("who"), str)):
-            raise bad_request("cancel takes {job, who}")
-        return await self.cancel(args["job"], args["who"][:200])
-
-    async def _rpc_get(self, ctx: CallContext, args: Any) -> Any:
-        if not (isinstance(args, dict) and _is_id(args.get("job"))):
-            raise bad_request("get takes {job}")
-        slot = self.slots.get(args["job"])
-        if slot is None or slot.record is None:
-            return None
-        return [slot.ballot, slot.record.to_wire()]
-
-    async def _rpc_list(self, ctx: CallContext, args: Any) -> list[Any]:
-        if not isinstance(args, dict):
-            raise bad_request("list takes {state, user, task, limit}")
-        state, user, task = args.get("state"), args.get("user"), args.get("task")
-        limit = args.get("limit", 1000)
-        if not (_uint(limit) and limit <= 100_000):
-            raise bad_request("limit must be 0-100000")
+    def list_local(self, *, state: str | None = None, user: Any = None,
+                   task: str | None = None, limit: int = 1000) -> list[tuple[int, JobRecord]]:
+        """(ballot, record) of the jobs this member holds that match."""
         out = []
         for slot in self.slots.values():
             rec = slot.record
@@ -621,7 +523,7 @@ class QueueNode:
                     user and rec.job.user.name != user and rec.job.user_id != user) or (
                     task and rec.job.spec.task_id != task):
                 continue
-            out.append([slot.ballot, rec.to_wire()])
+            out.append((slot.ballot, rec))
             if len(out) >= limit:
                 break
         return out
@@ -635,50 +537,3 @@ def _needs(rec: JobRecord) -> str:
     if spec.labels:
         parts.append(f"labels {','.join(spec.labels)}")
     return ", ".join(parts)
-
-
-def _is_id(x: Any) -> bool:
-    return isinstance(x, bytes) and len(x) == 20
-
-
-def _uint(x: Any) -> bool:
-    return type(x) is int and 0 <= x < 2**63
-
-
-def _entries(args: Any) -> list[Any]:
-    if not (isinstance(args, dict) and isinstance(args.get("entries"), list)
-            and len(args["entries"]) <= MAX_BATCH):
-        raise bad_request(f"expected {{entries: [...]}} with at most {MAX_BATCH} entries")
-    return args["entries"]
-
-
-def _offer(worker: bytes, args: Any) -> Offer:
-    if not isinstance(args, dict):
-        raise bad_request("claim takes an offer")
-    try:
-        labels = args.get("labels", [])
-        if not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
-            raise TypeError
-        offer = Offer(worker, str(args["site"]), int(args["cores"]), int(args["memory_mb"]),
-                      int(args["disk_mb"]), frozenset(labels), int(args.get("max_jobs", 8)))
-    except (KeyError, TypeError, ValueError):
-        raise bad_request("offer needs site, cores, memory_mb, disk_mb, labels, max_jobs"
-                          ) from None
-    if not (0 <= offer.cores <= 1 << 20 and 0 <= offer.memory_mb and 0 <= offer.disk_mb
-            and 1 <= offer.max_jobs <= 256):
-        raise bad_request("offer out of range")
-    return offer
-
-
-def _failure(data: Any, node: bytes) -> Failure:
-    if not (isinstance(data, dict) and isinstance(data.get("code"), str)
-            and isinstance(data.get("diagnosis"), str)):
-        raise bad_request("failure needs code and diagnosis")
-    tail = data.get("stderr_tail", [])
-    if not (isinstance(tail, list) and all(isinstance(x, str) for x in tail)):
-        raise bad_request("bad stderr tail")
-    ec, sg = data.get("exit_code"), data.get("signal")
-    if not ((ec is None or type(ec) is int) and (sg is None or type(sg) is int)):
-        raise bad_request("bad exit code or signal")
-    return Failure(data["code"][:64], data["diagnosis"][:1000], ec, sg,
-                   tuple(x[:1000] for x in tail[-20:]), node)

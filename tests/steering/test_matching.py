@@ -84,7 +84,7 @@ def test_remove_and_membership() -> None:
 
 
 def test_unschedulable_when_no_node_could_ever_run_it() -> None:
-    grid = [Capacity("s1", 8, 16_000, 100_000), Capacity("s2", 64, 256_000, 100_000,
+    grid = [Capacity("s1", 8, 16_000, 100_000, frozenset()), Capacity("s2", 64, 256_000, 100_000,
                                                         frozenset({"gpu"}))]
     assert schedulable(JobSpec.from_mapping({"argv": ["x"], "cores": 64}), grid)
     assert not schedulable(JobSpec.from_mapping({"argv": ["x"], "cores": 65}), grid)
@@ -126,3 +126,9 @@ def test_picks_fit_respect_priority_and_share_fairly(jobs, cores, max_jobs) -> N
         short = [u for u in counts if counts[u] < avail[u]]
         if short:
             assert max(counts.values()) - min(counts[u] for u in short) <= 1
+
+
+def test_unknown_labels_of_a_node_do_not_make_a_job_unschedulable() -> None:
+    spec = JobSpec.from_mapping({"argv": ["x"], "labels": ["gpu"]})
+    assert schedulable(spec, [Capacity("s1", 8, 16_000, 100_000)])  # labels not known
+    assert not schedulable(spec, [Capacity("s1", 8, 16_000, 100_000, frozenset())])
