@@ -110,7 +110,7 @@ class Node:
         self.job_service = JobService(self.queue, lambda: self.revocations.revoked)
         self.runner = JobRunner(self.executor, cfg.capacity.disk_gb * 1024)
         self.worker = Worker(grid, self.membership, self.pool, cert.name, frozenset(cfg.labels),
-                             self.runner.free, self.runner.run, self.runner.kill,
+                             self.runner.capacity, self.runner.run, self.runner.kill,
                              heartbeat_interval=cfg.queue.lease_duration / 4)
         table = {**methods(self), **self.job_service.methods(), **job_methods(self)}
         if "queue" in self.roles:

@@ -116,9 +116,8 @@ class JobRunner:
         self.executor = executor
         self.disk_mb = disk_mb
 
-    def free(self) -> tuple[int, int, int]:
-        cores, memory = self.executor.free()
-        return cores, memory, self.disk_mb
+    def capacity(self) -> tuple[int, int, int]:
+        return self.executor.cores, self.executor.memory_mb, self.disk_mb
 
     def kill(self, job_id: bytes, reason: str) -> None:
         self.executor.cancel(job_id.hex(), reason)

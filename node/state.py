@@ -199,16 +199,19 @@ class State:
             if batch.error is not None:
                 raise StateError(f"cannot store job slots: {batch.error}")
             return
-        try:
-            async with self._write_lock:
-                self._slots = _Batch([], trio.Event())  # later arrivals: the next commit
-                # _write takes the lock itself: run the statements directly.
-                await self._run(self._slot_tx(batch.rows))
-        except BaseException as exc:
-            batch.error = exc
-            raise
-        finally:
-            batch.done.set()
+        # Others wait on this commit: the leader's own cancellation must not abort it.
+        with trio.CancelScope(shield=True):
+            try:
+                async with self._write_lock:
+                    self._slots = _Batch([], trio.Event())  # later arrivals: the next commit
+                    # _write takes the lock itself: run the statements directly.
+                    await self._run(self._slot_tx(batch.rows))
+            except BaseException as exc:
+                batch.error = exc
+                raise
+            finally:
+                batch.done.set()
+        await trio.lowlevel.checkpoint()  # the leader's cancellation, if any, lands here
 
     def _slot_tx(self, rows: list[tuple[Any, ...]]) -> Callable[[], Any]:
         async def go() -> None:

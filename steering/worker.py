@@ -48,7 +48,7 @@ class Worker:
     pool: RpcPool
     site: str
     labels: frozenset[str]
-    free: Callable[[], tuple[int, int, int]]  # cores, memory MB, disk MB
+    capacity: Callable[[], tuple[int, int, int]]  # cores, memory MB, disk MB offered
     run_job: RunJob
     kill_job: Callable[[bytes, str], None]
     heartbeat_interval: float = 15.0
@@ -57,6 +57,14 @@ class Worker:
         "claims": 0, "jobs_claimed": 0, "jobs_reported": 0, "reports_refused": 0,
         "leases_lost": 0, "heartbeats": 0})
     _wake: trio.Event = field(default_factory=trio.Event)
+
+    def free(self) -> tuple[int, int, int]:
+        """What is left of the offer after the jobs we hold (running or about to)."""
+        cores, memory, disk = self.capacity()
+        for h in self.held.values():
+            spec = h.record.job.spec
+            cores, memory, disk = cores - spec.cores, memory - spec.memory_mb, disk - spec.disk_mb
+        return cores, memory, disk
 
     def wake(self) -> None:
         """Slots may have freed up: look for work now."""
@@ -128,7 +136,12 @@ class Worker:
         log("job.running", job=job_id, attempt=held.record.attempt, primary=held.primary,
             reason="leased to this node")
         try:
-            ok, failure = await self.run_job(held.record)
+            try:
+                ok, failure = await self.run_job(held.record)
+            except Exception:  # the node could not start it: its lease will expire
+                logger.exception("worker.run_failed job=%s reason=the executor refused it; "
+                                 "its lease will expire and it is requeued", job_id.hex())
+                return
             if not held.done:  # not taken away from us meanwhile
                 await self._report(held, ok, failure)
         finally:

@@ -267,3 +267,19 @@ async def test_job_slots_group_commit_and_reload(tmp_path):
     assert len(rows) == 50
     assert rows[bytes([1]) * 20] == (bytes([1]) * 20, 7, 7, b"new")
     assert rows[bytes([9]) * 20][3] == b"r9"
+
+
+async def test_a_cancelled_group_commit_leader_does_not_break_later_commits(tmp_path):
+    async with trio_asyncio.open_loop():
+        async with open_state(tmp_path / "s.sqlite") as state:
+            async with trio.open_nursery() as nursery:
+                with trio.CancelScope() as scope:
+                    scope.cancel()  # the leader is cancelled before it even starts
+                    with pytest.raises(trio.Cancelled):
+                        await state.save_slots([(b"a" * 20, 1, 1, "activated", b"x")])
+                for i in range(5):
+                    nursery.start_soon(state.save_slots, [(bytes([i]) * 20, 2, 2, None, None)])
+            await state.save_slots([(b"b" * 20, 3, 3, "finished", b"y")])
+            rows = {r[0]: r for r in await state.load_slots()}
+    assert rows[b"a" * 20][1] == 1  # what the cancelled leader started still landed
+    assert rows[b"b" * 20][1] == 3 and len(rows) == 7
