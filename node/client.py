@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,18 +120,19 @@ class Client:
                 raise UserError("say which node to reach: --via HOST:PORT or --data-dir")
             host, port = await trio.to_thread.run_sync(node_address, data_dir)
         address = f"{host}:{port}"
-        try:
-            async with open_rpc(host, port, identity.creds, expect_id=node_id) as rpc:
-                yield cls(rpc, identity, address)
-        except (OSError, trio.TooSlowError, ChannelClosed) as exc:
-            raise Unavailable(f"cannot reach the node at {address}: "
-                              f"{getattr(exc, 'strerror', None) or exc or 'timed out'}"
-                              ) from None
-        except BadMessage as exc:
-            code = getattr(exc, "code", None)
-            if code is None:
-                raise Unavailable(f"the node at {address} spoke garbage: {exc}") from None
-            raise
+        async with AsyncExitStack() as stack:
+            try:  # only the connection's errors: the caller's own pass through untouched
+                rpc = await stack.enter_async_context(
+                    open_rpc(host, port, identity.creds, expect_id=node_id))
+            except (OSError, trio.TooSlowError, ChannelClosed) as exc:
+                raise Unavailable(f"cannot reach the node at {address}: "
+                                  f"{getattr(exc, 'strerror', None) or exc or 'timed out'}"
+                                  ) from None
+            except BadMessage as exc:
+                if getattr(exc, "code", None) is None:
+                    raise Unavailable(f"the node at {address} spoke garbage: {exc}") from None
+                raise  # HandshakeRefused: the node will not talk to us, and says why
+            yield cls(rpc, identity, address)
 
     async def call(self, method: str, args: Any = None, *,
                    timeout: float | None = None) -> Any:  # noqa: ASYNC109 (per-call timeout)

@@ -89,6 +89,8 @@ class QueueSection:
     lease_duration: float = 60.0
     # Seconds before a job that no node can run is failed as unschedulable.
     unschedulable_after: float = 300.0
+    # Seconds a home member may stay unreachable before it is replaced.
+    repair_after: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -188,9 +190,10 @@ def validate(cfg: Config) -> Config:
     if not 1 <= cfg.dht.ksize <= 64 or not 1 <= cfg.dht.alpha <= cfg.dht.ksize:
         raise ConfigError("dht.ksize must be 1-64 and dht.alpha 1-ksize")
     q = cfg.queue
-    if not 1 <= q.replicas <= 15 or q.lease_duration < 1 or q.unschedulable_after <= 0:
-        raise ConfigError("queue.replicas must be 1-15, queue.lease_duration at least 1 s "
-                          "and queue.unschedulable_after positive")
+    if (not 1 <= q.replicas <= 15 or q.lease_duration < 1 or q.unschedulable_after <= 0
+            or q.repair_after <= 0):
+        raise ConfigError("queue.replicas must be 1-15, queue.lease_duration at least 1 s, "
+                          "queue.unschedulable_after and queue.repair_after positive")
     if cfg.capacity.cores < 0 or any(not 0 < len(x) <= 128 for x in cfg.labels):
         raise ConfigError("capacity.cores must not be negative and labels 1-128 characters")
     ch = cfg.channel

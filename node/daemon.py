@@ -106,7 +106,8 @@ class Node:
         self.queue = QueueNode(grid, self.membership, self.pool, SlotStore(state, grid),
                                QueueConfig(r=cfg.queue.replicas,
                                            lease_duration=cfg.queue.lease_duration,
-                                           unschedulable_after=cfg.queue.unschedulable_after))
+                                           unschedulable_after=cfg.queue.unschedulable_after,
+                                           repair_after=cfg.queue.repair_after))
         self.job_service = JobService(self.queue, lambda: self.revocations.revoked)
         self.runner = JobRunner(self.executor, cfg.capacity.disk_gb * 1024)
         self.worker = Worker(grid, self.membership, self.pool, cert.name, frozenset(cfg.labels),

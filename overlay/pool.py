@@ -8,6 +8,7 @@ or stays idle for ``idle_timeout``.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import trio
@@ -66,8 +67,16 @@ class RpcPool:
     async def call(self, host: str, port: int, method: str, args: Any = None, *,
                    expect_id: bytes | None = None,
                    timeout: float | None = None) -> Any:  # noqa: ASYNC109 (per-call timeout)
-        client = await self.client(host, port, expect_id=expect_id)
-        return await client.call(method, args, timeout=timeout)
+        """One call; ``timeout`` also bounds opening the connection (a stopped peer
+        accepts TCP connections but never finishes a handshake)."""
+        deadline = trio.current_time() + timeout if timeout is not None else math.inf
+        with trio.move_on_at(deadline):
+            client = await self.client(host, port, expect_id=expect_id)
+            return await client.call(method, args,
+                                     timeout=max(0.0, deadline - trio.current_time())
+                                     if timeout is not None else None)
+        self.counters["connections_failed"] += 1
+        raise Unavailable(f"cannot reach {host}:{port} within {timeout} s")
 
     async def _hold(self, key: Any, host: str, port: int, expect_id: bytes | None, *,
                     task_status: trio.TaskStatus[RpcClient] = trio.TASK_STATUS_IGNORED

@@ -14,8 +14,10 @@ record.  Changes are replicated the way Paxos does it, one register per job:
   promise, so a deposed primary, whose ballot is lower, can no longer get
   a majority: its writes, grants and acknowledgements fail.
 
-Ballots are ``counter * 16 + rank`` where rank is the member's place in the
-home set: two members never use the same ballot.  docs/queue.md explains
+Ballots are ``counter << 32 | tag`` where the tag is the first 32 bits of
+the member's node id, so two members never use the same ballot (ids are
+hashes: two nodes of one grid sharing 32 bits is a 1 in 4 billion chance
+per pair), whatever home sets they share, even after a home set changed.  docs/queue.md explains
 why this gives G1 and G2.
 """
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from .record import JobRecord
 
 DEFAULT_R = 3
-MAX_R = 16
+MAX_R = 15
 
 
 def home_set(job_id: bytes, queue_nodes: Iterable[bytes], r: int = DEFAULT_R) -> tuple[bytes, ...]:
@@ -41,19 +43,17 @@ def majority(n: int) -> int:
     return n // 2 + 1
 
 
-def rank_of(node: bytes, home: tuple[bytes, ...]) -> int:
-    return home.index(node)
+def _tag(node: bytes) -> int:
+    return int.from_bytes(node[:4], "big")
 
 
-def first_ballot(rank: int) -> int:
-    return 16 + rank
+def first_ballot(node: bytes) -> int:
+    return (1 << 32) | _tag(node)
 
 
-def next_ballot(seen: int, rank: int) -> int:
-    """A ballot of ours above every ballot seen so far."""
-    if not 0 <= rank < MAX_R:
-        raise ValueError(f"rank {rank} outside the home set")
-    return (seen // 16 + 1) * 16 + rank
+def next_ballot(seen: int, node: bytes) -> int:
+    """A ballot of ``node``'s above every ballot seen so far."""
+    return (((seen >> 32) + 1) << 32) | _tag(node)
 
 
 @dataclass(frozen=True)

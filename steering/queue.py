@@ -16,7 +16,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import trio
@@ -29,6 +29,7 @@ from .homeset import (
     Slot,
     adopt,
     first_ballot,
+    home_set,
     majority,
     next_ballot,
     on_accept,
@@ -37,6 +38,7 @@ from .homeset import (
 from .job import SignedJob
 from .matching import Capacity, Entry, MatchQueue, Offer, schedulable
 from .record import (
+    Event,
     Failure,
     IllegalTransition,
     JobRecord,
@@ -81,6 +83,8 @@ class QueueConfig:
     takeover_interval: float = 2.0
     # A job no node of the grid can run fails after this long.
     unschedulable_after: float = 300.0
+    # A home member unreachable this long is replaced by the next closest queue node.
+    repair_after: float = 120.0
 
 
 def log(event: str, level: int = logging.INFO, **fields: Any) -> None:
@@ -103,6 +107,7 @@ class QueueNode:
     counters: Counter[str] = field(default_factory=Counter)
     changed: trio.Event = field(default_factory=trio.Event)
     _unfit_since: dict[bytes, float] = field(default_factory=dict)
+    _suspect_since: dict[bytes, float] = field(default_factory=dict)
 
     @property
     def me(self) -> bytes:
@@ -139,7 +144,10 @@ class QueueNode:
 
     def _step_down(self, job_id: bytes, reason: str) -> None:
         self.leading.pop(job_id, None)
-        self.expiry.pop(job_id, None)
+        if self.expiry.pop(job_id, None) is not None:
+            rec = self.slots[job_id].record
+            if rec is not None:
+                self.running[rec.job.user_id] -= 1
         self.match.remove(job_id)
         self.counters["steps_down"] += 1
         log("queue.step_down", job=job_id, reason=reason)
@@ -181,6 +189,9 @@ class QueueNode:
 
         async with trio.open_nursery() as nursery:
             for member, entries in per_member.items():
+                if member != self.me and self.membership.is_suspect(member):
+                    answers[member] = None  # probed each round; no write waits on it
+                    continue
                 nursery.start_soon(one, member, entries)
         return answers
 
@@ -227,7 +238,7 @@ class QueueNode:
             slot = self.slots[j]
             assert slot.record is not None
             home = slot.record.home
-            ballots[j] = next_ballot(max(slot.promised, slot.ballot), home.index(self.me))
+            ballots[j] = next_ballot(max(slot.promised, slot.ballot), self.me)
             for m in home:
                 per_member.setdefault(m, []).append((j, ballots[j]))
 
@@ -256,8 +267,17 @@ class QueueNode:
         for j in job_ids:
             home = self.slots[j].record.home  # type: ignore[union-attr]
             won, newest, _ = adopt(promises[j], len(home))
-            if won and newest is not None:
-                writes.append((ballots[j], rebase_lease(newest, ballots[j])))
+            if not won or newest is None:
+                continue
+            if newest.home != home:
+                # The home set was repaired meanwhile: learn the record, lead only if
+                # still a member (the next round prepares with the new set).
+                best = max((p for p in promises[j] if p.ok and p.record is not None),
+                           key=lambda p: (p.ballot, p.record.version))  # type: ignore[union-attr]
+                self.slots[j] = Slot(self.slots[j].promised, best.ballot, newest)
+                await self._persist([j])
+                continue
+            writes.append((ballots[j], rebase_lease(newest, ballots[j])))
         for (ballot, rec), ok in zip(writes, await self.replicate(writes), strict=True):
             if ok:
                 self._lead(rec, ballot, "took over: the home members before us are gone")
@@ -285,11 +305,16 @@ class QueueNode:
             self.running[rec.job.user_id] -= 1
 
     async def _commit(self, changes: list[JobRecord], why: str) -> list[bool]:
-        """Replicate records we lead; keep what a majority stored."""
+        """Replicate records we lead; keep what a majority stored.
+
+        Shielded: a caller that gives up (a worker's claim timing out) must not
+        leave a write half-tracked, with a job out of the matcher or a lease
+        without a timer.  Each member's call is bounded by CALL_TIMEOUT."""
         writes = [(self.leading[r.job_id], r) for r in changes if r.job_id in self.leading]
-        oks = await self.replicate(writes)
-        for (_, rec), ok in zip(writes, oks, strict=True):
-            if ok:
+        with trio.CancelScope(shield=True):
+            oks = await self.replicate(writes)
+        for (ballot, rec), ok in zip(writes, oks, strict=True):  # (no checkpoint in here)
+            if ok and self.leading.get(rec.job_id) == ballot:  # (we may have stepped down)
                 self._track(rec)
             else:
                 self.counters["writes_failed"] += 1
@@ -314,7 +339,7 @@ class QueueNode:
                 out[j] = "not a home member"
                 continue
             rec = new_record(job, home, now=now, node=self.me)
-            self.leading[j] = first_ballot(home.index(self.me))
+            self.leading[j] = first_ballot(self.me)
             fresh.append(rec)
         oks = await self._commit(fresh, "new job")
         for rec, ok in zip(fresh, oks, strict=True):
@@ -332,7 +357,7 @@ class QueueNode:
         grants = []
         for e in picked:
             rec = self.slots[e.job_id].record
-            if rec is None or rec.state != "activated":
+            if rec is None or rec.state != "activated" or e.job_id not in self.leading:
                 self.match.remove(e.job_id)
                 continue
             grants.append(grant(rec, offer.worker, epoch=self.leading[e.job_id], now=now,
@@ -340,9 +365,10 @@ class QueueNode:
             self.match.remove(e.job_id)  # not handed out twice while the write is on its way
         oks = await self._commit(grants, "lease")
         leased = [r for r, ok in zip(grants, oks, strict=True) if ok]
-        for r in grants:
-            if r not in leased and r.job_id in self.leading:
-                self._track(self.slots[r.job_id].record)  # type: ignore[arg-type]
+        for r, ok in zip(grants, oks, strict=True):
+            current = self.slots[r.job_id].record
+            if not ok and r.job_id in self.leading and current is not None:
+                self._track(current)  # back in the matcher, or on a lease timer
         self.counters["jobs_leased"] += len(leased)
         return leased
 
@@ -417,6 +443,57 @@ class QueueNode:
         self.counters["leases_expired"] += len(changes)
         return len(changes)
 
+    async def repair_homes(self) -> int:
+        """Replace home members that stayed suspect past ``repair_after``.
+
+        The new home set is written to a majority of the old set *and* of the
+        new one before it counts, so every later majority of either set meets
+        a member that knows it (joint consensus, as in Raft's membership
+        changes)."""
+        now = trio.current_time()
+        for m in list(self._suspect_since):
+            if not self.membership.is_suspect(m):
+                del self._suspect_since[m]
+        gone = {m for m, t in self._suspect_since.items()
+                if now - t >= self.config.repair_after}
+        if not gone:
+            return 0
+        live = [q for q in self.membership.queue_nodes() if not self.membership.is_suspect(q)]
+        repaired = 0
+        for j in list(self.leading):
+            rec = self.slots[j].record
+            if rec is None or rec.final or not set(rec.home) & gone:
+                continue
+            if repaired >= MAX_BATCH:
+                break
+            keep = tuple(m for m in rec.home if m not in gone)
+            fresh = [m for m in home_set(j, live, len(live)) if m not in rec.home]
+            new_home = keep + tuple(fresh[:len(rec.home) - len(keep)])
+            if len(new_home) < majority(len(rec.home)) or new_home == rec.home:
+                continue
+            dead = ",".join(m.hex()[:12] for m in rec.home if m in gone)
+            new = replace(rec, home=new_home, version=rec.version + 1, history=rec.history + (
+                Event(time.time(), rec.state, f"home set repaired: {dead} gone", self.me),))
+            ballot = self.leading[j]
+            acks = await self._write_to(set(rec.home) | set(new_home), ballot, new)
+            if (len(acks & set(rec.home)) >= majority(len(rec.home))
+                    and len(acks & set(new_home)) >= majority(len(new_home))):
+                repaired += 1
+                self.counters["homes_repaired"] += 1
+                if self.leading.get(j) == ballot:
+                    self._track(new)
+                log("home.repaired", job=j, gone=dead, home=",".join(
+                    m.hex()[:12] for m in new_home), reason="members stayed unreachable")
+        return repaired
+
+    async def _write_to(self, members: set[bytes], ballot: int, rec: JobRecord) -> set[bytes]:
+        """Write one record to these members; the ones that stored it."""
+        answers = await self._fan_out(
+            {m: [(ballot, rec)] for m in members}, self.local_accept, "queue.accept",
+            lambda es: {"entries": [[b, r.to_wire()] for b, r in es]},
+            lambda raw, es: raw if raw == [True] or raw == [False] else [False])
+        return {m for m, a in answers.items() if a == [True]}
+
     def _should_lead(self, rec: JobRecord) -> bool:
         """Are we the first home member that is not suspected dead?"""
         for m in rec.home:
@@ -443,10 +520,17 @@ class QueueNode:
                 continue
             ahead.update(rec.home[:rec.home.index(self.me)])
 
+        # And the members of the home sets we lead, for repair.
+        for j in self.leading:
+            rec = self.slots[j].record
+            if rec is not None and not rec.final:
+                ahead.update(m for m in rec.home if m != self.me)
+
         async def ping(member: bytes) -> None:
             try:
                 await self._call(member, "ping", None)
             except RpcError:
+                self._suspect_since.setdefault(member, trio.current_time())
                 log("queue.member_suspect", logging.DEBUG, member=member,
                     reason="did not answer a ping")
 
@@ -495,6 +579,7 @@ class QueueNode:
             try:
                 await self.probe()
                 await self.take_over()
+                await self.repair_homes()
                 await self.expire_leases()
                 await self.fail_unschedulable()
             except (RpcError, BadMessage) as exc:  # a round failed: the next one retries

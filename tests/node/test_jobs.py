@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import trio
@@ -90,14 +91,17 @@ async def test_failures_carry_their_diagnosis(short_tmp):
     async with trio.open_nursery() as nursery:
         nodes = await grid_of(nursery, dirs)
         async with Client.connect(address(nodes[1])) as c:
-            bad, missing, slow, unfit = await c.submit([
+            bad, missing, slow, unfit, hog = await c.submit([
                 spec("sh", "-c", "echo oops >&2; exit 3"),
                 spec("no-such-command-here"),
                 spec("sleep", "30", walltime_s=1),
                 spec("true", cores=64),
+                spec(sys.executable, "-c", "import time; x = bytearray(300 << 20); "
+                     "x[::4096] = b'1' * len(x[::4096]); time.sleep(30)", memory_mb=100),
             ])
             with trio.fail_after(60):
-                recs = {j: (await c.wait(j))[0] for j in (bad, missing, slow, unfit)}
+                recs = {j: (await c.wait(j))[0] for j in (bad, missing, slow, unfit, hog)}
+        assert recs[hog].failure.code == "memory_exceeded", recs[hog].failure
         assert recs[bad].failure.code == "exit_nonzero" and recs[bad].failure.exit_code == 3
         assert "oops" in recs[bad].failure.stderr_tail
         assert recs[missing].failure.code == "command_not_found"
@@ -155,4 +159,35 @@ async def test_only_the_owner_or_an_admin_may_cancel(short_tmp, tmp_path):
             with pytest.raises(RpcError) as err:
                 await b.cancel(mine)
             assert err.value.code == "forbidden"
+        nursery.cancel_scope.cancel()
+
+
+async def test_home_sets_are_repaired_when_a_member_stays_gone(short_tmp):
+    dirs = make_grid(short_tmp, 4)
+    fast = {**FAST, "queue": {**FAST["queue"], "repair_after": 1.0},
+            "capacity": {"cores": 1, "memory_mb": 2048, "disk_gb": 1}}
+    async with trio.open_nursery() as nursery:
+        first, _ = await start_node(nursery, dirs[0], **fast)
+        runs = [(first, None)]
+        for dd in dirs[1:]:
+            runs.append(await start_node(nursery, dd, bootstrap=[address(first)], **fast))
+        nodes = [n for n, _ in runs]
+        with trio.fail_after(60):
+            for n in nodes:
+                await n.wait_peers(3)
+        async with Client.connect(address(nodes[0])) as c:
+            ids = await c.submit([spec("sleep", "120") for _ in range(8)])
+            gone = nodes[3].key.id
+            await runs[3][1].stop()  # for good
+
+            async def repaired():
+                recs = [await c.job(j) for j in ids]
+                return all(gone not in r.home and len(r.home) == 3 for r in recs) and recs
+
+            with trio.fail_after(60):
+                recs = await until(repaired, 0.3)
+            assert all(set(r.home) == {n.key.id for n in nodes[:3]} for r in recs)
+            assert any("home set repaired" in e.reason for r in recs for e in r.history)
+            for j in ids:
+                await c.cancel(j)
         nursery.cancel_scope.cancel()

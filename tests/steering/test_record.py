@@ -154,9 +154,10 @@ def test_home_set_is_the_closest_r_nodes() -> None:
 
 
 def test_ballots_are_distinct_per_member_and_grow() -> None:
-    assert first_ballot(0) != first_ballot(1)
-    assert next_ballot(first_ballot(2), 0) > first_ballot(2)
-    assert next_ballot(33, 1) % 16 == 1
+    a, b = b"\x01" * 20, b"\x02" * 20
+    assert first_ballot(a) != first_ballot(b)
+    assert next_ballot(first_ballot(b), a) > first_ballot(b)
+    assert next_ballot(first_ballot(a), a) != next_ballot(first_ballot(a), b)
 
 
 @dataclass
@@ -186,14 +187,14 @@ def test_no_two_workers_are_acknowledged_for_one_attempt(steps) -> None:
     an attempt names one worker, attempts only grow along acknowledged
     records, and nothing acknowledged is lost (G1, G2)."""
     start = fresh(max_attempts=100)
-    sim = Sim([Slot(0, first_ballot(0), start)] * 2 + [Slot()])  # submitted to a majority
+    sim = Sim([Slot(0, first_ballot(HOME[0]), start)] * 2 + [Slot()])  # submitted to a majority
     props = [Proposer(i, [W1, W2, W3][i]) for i in range(3)]
     holders: dict[int, bytes] = {}
     last_acked_version = start.version
     for who, action, reach in steps:
         p = props[who]
         if action == "prepare":
-            p.ballot = next_ballot(max(p.seen, p.ballot), p.rank)
+            p.ballot = next_ballot(max(p.seen, p.ballot), HOME[p.rank])
             promises = []
             for i in reach:
                 sim.slots[i], promise = on_prepare(sim.slots[i], p.ballot)
