@@ -48,6 +48,7 @@ from ._dgram import (
     Retry,
     encode_request,
     encode_response,
+    encode_response_within,
     encode_retry,
     new_msg_id,
 )
@@ -246,9 +247,9 @@ class GridDht:
             # itself next time) only if it is no larger than its request;
             # otherwise just the cookie.  It does not enter the routing table.
             cookie = self.book.cookie(peer, now)
-            reply = encode_response(self.key.signing_key, self.cert, req.msg_id, _now_ms(),
-                                    result, cookie)
-            if len(reply) > req.size:
+            reply = encode_response_within(self.key.signing_key, self.cert, req.msg_id,
+                                           _now_ms(), result, cookie, req.size)
+            if reply is None:  # too large: not even signed
                 reply = encode_retry(req.msg_id, cookie)
                 self.counters["retries_sent"] += 1
             if len(reply) <= req.size:
