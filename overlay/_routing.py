@@ -17,6 +17,7 @@ consecutive failures; the bucket's replacement cache refills it (the stock
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import OrderedDict, deque
 
@@ -30,12 +31,34 @@ PATIENCE_FACTOR = 4
 
 
 class RoutingTable(_StockRoutingTable):
+    # Views asked for on every datagram, rebuilt only when they change: the
+    # buckets' upper ends (on a split) and the contacts by long id (when a
+    # contact comes, goes or moves; not when one is only seen again).  Set
+    # by flush(), which the stock __init__ calls.
+    _uppers: list[int]
+    _by_long: dict[int, Node] | None
+    _longs: list[int]
+
     def __init__(self, ksize: int, node: Node) -> None:
         super().__init__(None, ksize, node)
         self.to_ping: OrderedDict[bytes, Node] = OrderedDict()
         self._by_address: dict[tuple[str, int], bytes] = {}
         self._failures: dict[bytes, int] = {}
         self._prune_at = 64
+
+    def flush(self) -> None:
+        super().flush()
+        self._longs = []
+        self._changed(split=True)
+
+    def _changed(self, *, split: bool = False) -> None:
+        self._by_long = None
+        if split:
+            self._uppers = [b.range[1] for b in self.buckets]
+
+    def split_bucket(self, index: int) -> None:
+        super().split_bucket(index)
+        self._changed(split=True)
 
     def add_contact(self, node: Node) -> None:
         if node.id == self.node.id:
@@ -54,7 +77,12 @@ class RoutingTable(_StockRoutingTable):
         self._failures.pop(node.id, None)
         index = self.get_bucket_for(node)
         bucket = self.buckets[index]
+        held = bucket.nodes.get(node.id)
+        if held is not None and held.ip == node.ip and held.port == node.port:
+            bucket.nodes.move_to_end(node.id)  # seen again: what the stock add_node does
+            return
         if bucket.add_node(node):
+            self._changed()
             return
         if bucket.has_in_range(self.node) or bucket.depth() % 5 != 0:
             self.split_bucket(index)
@@ -76,6 +104,7 @@ class RoutingTable(_StockRoutingTable):
         self._failures.pop(node.id, None)
         self.to_ping.pop(node.id, None)
         bucket.remove_node(node)
+        self._changed()
 
     def note_failure(self, node_id: bytes) -> bool:
         """Count a failed RPC; evict after repeated failures. True if evicted."""
@@ -106,10 +135,10 @@ class RoutingTable(_StockRoutingTable):
         # Bucket ranges include both ends and KBucket.split puts the midpoint
         # in the lower half; the stock lookup (``<``) sent an id equal to a
         # bucket's upper end to the next bucket, where get/remove missed it.
-        for index, bucket in enumerate(self.buckets):
-            if node.long_id <= bucket.range[1]:
-                return index
-        raise ValueError(f"id {node.id!r} is outside the id space")
+        index = bisect.bisect_left(self._uppers, node.long_id)
+        if index == len(self._uppers):
+            raise ValueError(f"id {node.id!r} is outside the id space")
+        return index
 
     def find_neighbors(self, node: Node, k: int | None = None,
                        exclude: Node | None = None) -> list[Node]:
@@ -118,9 +147,19 @@ class RoutingTable(_StockRoutingTable):
         The stock table leaves out a contact whose id *is* the target, so
         a lookup of a node's own id could never find that node.
         """
-        contacts = [n for n in self.contacts() if exclude is None or n.id != exclude.id]
-        return heapq.nsmallest(k or self.ksize, contacts,
-                               key=lambda n: n.long_id ^ node.long_id)
+        return self.nearest(node.long_id, k or self.ksize,
+                            None if exclude is None else exclude.long_id)
+
+    def nearest(self, target: int, k: int, exclude: int | None = None) -> list[Node]:
+        """The k contacts whose long ids are closest to ``target`` (xor), nearest first."""
+        by_long = self._by_long
+        if by_long is None:
+            by_long = self._by_long = {n.long_id: n for n in self.contacts()}
+            self._longs = list(by_long)
+        longs = self._longs
+        if exclude is not None and exclude in by_long:
+            longs = [x for x in longs if x != exclude]
+        return [by_long[x] for x in sorted(longs, key=target.__xor__)[:k]]
 
     def is_failing(self, node_id: bytes) -> bool:
         """Did the contact's last RPC fail (and none succeed since)?"""

@@ -294,6 +294,11 @@ def test_table_stays_bounded_and_consistent(k: int, ops: list[tuple[str, bytes, 
         if what == "add" and node_id != OWN:
             got = t.get(node_id)
             assert got is not None and got.port == port
+        # The cached nearest-contacts view agrees with a full scan.
+        goal = Node(node_id)
+        brute = sorted(t.contacts(), key=lambda n: n.long_id ^ goal.long_id)
+        assert [n.id for n in t.find_neighbors(goal, 3)] == [n.id for n in brute[:3]]
+        assert t.find_neighbors(goal, 3) == brute[:3]
 
 
 # -- RTT estimates -------------------------------------------------------------------------------
