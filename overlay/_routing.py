@@ -18,8 +18,8 @@ consecutive failures; the bucket's replacement cache refills it (the stock
 from __future__ import annotations
 
 import bisect
-import heapq
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 
 from kademlia.node import Node, NodeHeap
 from kademlia.routing import RoutingTable as _StockRoutingTable
@@ -178,28 +178,48 @@ class RoutingTable(_StockRoutingTable):
 
 
 class Shortlist(NodeHeap):
-    """kademlia's NodeHeap with constant-time membership.
+    """kademlia's NodeHeap with constant-time membership, kept sorted.
 
-    The stock heap tests membership by scanning itself, once per pushed node:
-    quadratic in the shortlist, and the largest cost of a lookup.
+    The stock heap tests membership by scanning itself, once per pushed node
+    (quadratic in the shortlist), and sorts itself for every look at its
+    closest nodes.  Here ``heap`` is a list sorted by distance (which is
+    also a valid heap): the closest ``maxsize`` are its head.
     """
 
     def __init__(self, node: Node, maxsize: int) -> None:
         super().__init__(node, maxsize)
-        self._ids: set[bytes] = set()
+        self.heap: list[tuple[int, Node]] = []
+        self.ids: set[bytes] = set()  # of every node in the heap (read-only outside)
 
     def push(self, nodes: Node | list[Node]) -> None:
+        goal = self.node.long_id
         for node in nodes if isinstance(nodes, list) else [nodes]:
-            if node.id not in self._ids:
-                self._ids.add(node.id)
-                heapq.heappush(self.heap, (self.node.distance_to(node), node))
+            if node.id not in self.ids:
+                self.ids.add(node.id)
+                bisect.insort(self.heap, (goal ^ node.long_id, node))
 
     def remove(self, peers: list[bytes]) -> None:
-        super().remove(peers)
-        self._ids.difference_update(peers)
+        gone = set(peers)
+        if gone & self.ids:
+            self.heap = [entry for entry in self.heap if entry[1].id not in gone]
+            self.ids -= gone
+
+    def popleft(self) -> Node | None:
+        if not self.heap:
+            return None
+        node = self.heap.pop(0)[1]
+        self.ids.discard(node.id)
+        return node
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter([node for _, node in self.heap[: self.maxsize]])
+
+    def uncontacted(self) -> list[Node]:
+        """The closest ``maxsize`` not asked yet, closest first."""
+        return [node for _, node in self.heap[: self.maxsize] if node.id not in self.contacted]
 
     def __contains__(self, node: Node) -> bool:
-        return node.id in self._ids
+        return node.id in self.ids
 
 
 class RttEstimator:
@@ -217,9 +237,11 @@ class RttEstimator:
         self._est: OrderedDict[tuple[str, int], tuple[float, float]] = OrderedDict()
         self._typical: tuple[float, float] | None = None
         self._recent: deque[float] = deque(maxlen=RECENT_SAMPLES)
+        self._median: float | None = None  # of _recent; None: to be computed
 
     def observe(self, addr: tuple[str, int], rtt: float) -> None:
         self._recent.append(rtt)
+        self._median = None
         self._est[addr] = self._update(self._est.get(addr), rtt)
         self._est.move_to_end(addr)
         while len(self._est) > self.max_entries:
@@ -254,5 +276,7 @@ class RttEstimator:
         """
         if not self._recent:
             return self.timeout(addr)
-        median = sorted(self._recent)[len(self._recent) // 2]
+        median = self._median
+        if median is None:  # asked for each query, changed by each answer: sorted lazily
+            median = self._median = sorted(self._recent)[len(self._recent) // 2]
         return min(self.timeout(addr), max(PATIENCE_FLOOR, PATIENCE_FACTOR * median))

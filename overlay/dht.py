@@ -29,10 +29,9 @@ import logging
 import math
 import os
 import socket
-import statistics
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,9 +228,10 @@ class GridDht:
     async def _serve_request(self, req: Request, addr: Address) -> None:
         now = time.monotonic()
         peer = (*addr, req.sender)
-        if req.cookie and self.book.cookie_valid(peer, req.cookie, now):
-            self.book.prove(peer, now)
         proved = self.book.is_proved(peer, now)
+        if not proved and req.cookie and self.book.cookie_valid(peer, req.cookie, now):
+            self.book.prove(peer, now)
+            proved = True
         handler = self._handlers.get(req.method)
         if handler is None:
             self.counters["requests_refused"] += 1
@@ -355,9 +355,14 @@ class GridDht:
     def _neighbours(self, target: bytes, exclude: bytes) -> list[list[Any]]:
         # A contact that just failed us is not handed to others: it may be
         # dead, and a dead contact costs every lookup that tries it.
-        nodes = self.router.find_neighbors(Node(target), self.ksize + 8)
-        good = [n for n in nodes if n.id != exclude and not self.router.is_failing(n.id)]
-        return [[n.id, n.ip, n.port] for n in good[: self.ksize]]
+        failing = self.router.is_failing
+        out = []
+        for n in self.router.nearest(int.from_bytes(target, "big"), self.ksize + 8):
+            if n.id != exclude and not failing(n.id):
+                out.append([n.id, n.ip, n.port])
+                if len(out) == self.ksize:
+                    break
+        return out
 
     def _rpc_find_node(self, req: Request, addr: Address) -> list[list[Any]]:
         (target,) = _args(req, 1)
@@ -413,14 +418,13 @@ class GridDht:
         spawn = self._background.start_soon if self._background else None
         async with send, receive, trio.open_nursery() as local:
             while True:
-                candidates = [n for n in heap if n.id not in heap.contacted]
-                while candidates and len(waiting) < self.alpha:
-                    contact = candidates.pop(0)
+                candidates = heap.uncontacted() if len(waiting) < self.alpha else []
+                for contact in candidates[: self.alpha - len(waiting)]:
                     heap.mark_contacted(contact)
                     now = trio.current_time()
                     patience = self.rtt.patience((contact.ip, contact.port))
                     if latencies:
-                        patience = min(patience, PATIENCE_FACTOR * statistics.median(latencies))
+                        patience = min(patience, PATIENCE_FACTOR * _median(latencies))
                     patience = max(patience, PATIENCE_FLOOR)
                     waiting[contact.id] = [now + patience, now, patience]
                     (spawn or local.start_soon)(self._query, contact, target, find_value,
@@ -436,7 +440,7 @@ class GridDht:
                         latencies.append(trio.current_time() - entry[1])
                         # What this lookup now knows about the round trip
                         # shortens what it waits for those still out.
-                        cap = max(PATIENCE_FLOOR, PATIENCE_FACTOR * statistics.median(latencies))
+                        cap = max(PATIENCE_FLOOR, PATIENCE_FACTOR * _median(latencies))
                         for w in waiting.values():
                             w[0] = min(w[0], w[1] + cap)
                     if answer is None:
@@ -449,7 +453,7 @@ class GridDht:
                         heap.push(contact)
                     responded.add(contact.id)
                     nodes = answer.get("nodes") if isinstance(answer, dict) else answer
-                    found = self._parse_nodes(nodes)
+                    found = self._parse_nodes(nodes, known=heap.ids)
                     for n in found:
                         depth.setdefault(n.id, depth[contact.id] + 1)
                     heap.push(found)
@@ -510,24 +514,26 @@ class GridDht:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the lookup is over; the call still taught us about the contact
 
-    def _parse_nodes(self, nodes: Any) -> list[Node]:
-        """Contacts from a peer's answer: checked, bounded, never ourselves."""
+    def _parse_nodes(self, nodes: Any, known: Container[bytes] = ()) -> list[Node]:
+        """Contacts from a peer's answer: checked, bounded, never ourselves.
+
+        Contacts whose ids are in ``known`` (a lookup's shortlist) are checked
+        and left out: answers about one target repeat each other.
+        """
         if not isinstance(nodes, list):
             return []
         out = []
         for entry in nodes[: 2 * self.ksize]:
-            if not (isinstance(entry, list) and len(entry) == 3):
-                self.counters["contacts_refused"] += 1
-                continue
-            node_id, ip, port = entry
-            if not (isinstance(node_id, bytes) and len(node_id) == ID_SIZE
-                    and isinstance(ip, str) and len(ip) < 64
-                    and isinstance(port, int) and 0 < port < 65536):
-                self.counters["contacts_refused"] += 1
-                continue
-            if node_id == self.node_id or node_id in self.revoked:
-                continue
-            out.append(Node(node_id, ip, port))
+            if type(entry) is list and len(entry) == 3:  # exact types: msgpack makes no others
+                node_id, ip, port = entry
+                if (type(node_id) is bytes and len(node_id) == ID_SIZE
+                        and type(ip) is str and len(ip) < 64
+                        and type(port) is int and 0 < port < 65536):
+                    if node_id not in known and node_id != self.node_id \
+                            and node_id not in self.revoked:
+                        out.append(Node(node_id, ip, port))
+                    continue
+            self.counters["contacts_refused"] += 1
         return out
 
     def _merge_records(self, key: bytes, raws: Any, records: dict[bytes, SignedRecord]) -> None:
@@ -640,6 +646,13 @@ class GridDht:
             "records_held": len(self.store),
             "buckets": len(self.router.buckets),
         }
+
+
+def _median(values: list[float]) -> float:
+    """statistics.median, without its overhead (asked for each answer of a lookup)."""
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def goal_distance(node: Node, key: bytes) -> int:
