@@ -22,8 +22,10 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 
 from kademlia.node import Node, NodeHeap
+from kademlia.routing import KBucket
 from kademlia.routing import RoutingTable as _StockRoutingTable
 
+ID_BITS = 160
 FAILURES_TO_EVICT = 2
 RECENT_SAMPLES = 128
 PATIENCE_FLOOR = 0.01
@@ -31,13 +33,13 @@ PATIENCE_FACTOR = 4
 
 
 class RoutingTable(_StockRoutingTable):
-    # Views asked for on every datagram, rebuilt only when they change: the
-    # buckets' upper ends (on a split) and the contacts by long id (when a
-    # contact comes, goes or moves; not when one is only seen again).  Set
-    # by flush(), which the stock __init__ calls.
+    # Views asked for on every datagram, kept up to date rather than rebuilt
+    # per query: the buckets' upper ends (changed by a split) and the
+    # contacts by long id (a newcomer is added in place; a removal or a
+    # split rebuilds it when next needed).  Set by flush(), which the stock
+    # __init__ calls.
     _uppers: list[int]
     _by_long: dict[int, Node] | None
-    _longs: list[int]
 
     def __init__(self, ksize: int, node: Node) -> None:
         super().__init__(None, ksize, node)
@@ -48,7 +50,6 @@ class RoutingTable(_StockRoutingTable):
 
     def flush(self) -> None:
         super().flush()
-        self._longs = []
         self._changed(split=True)
 
     def _changed(self, *, split: bool = False) -> None:
@@ -81,10 +82,11 @@ class RoutingTable(_StockRoutingTable):
         if held is not None and held.ip == node.ip and held.port == node.port:
             bucket.nodes.move_to_end(node.id)  # seen again: what the stock add_node does
             return
-        if bucket.add_node(node):
-            self._changed()
+        if bucket.add_node(node):  # a newcomer, or a contact that moved
+            if self._by_long is not None:
+                self._by_long[node.long_id] = node
             return
-        if bucket.has_in_range(self.node) or bucket.depth() % 5 != 0:
+        if bucket.has_in_range(self.node) or _depth(bucket) % 5 != 0:
             self.split_bucket(index)
             self.add_contact(node)
             return
@@ -154,12 +156,12 @@ class RoutingTable(_StockRoutingTable):
         """The k contacts whose long ids are closest to ``target`` (xor), nearest first."""
         by_long = self._by_long
         if by_long is None:
-            by_long = self._by_long = {n.long_id: n for n in self.contacts()}
-            self._longs = list(by_long)
-        longs = self._longs
+            by_long = self._by_long = {n.long_id: n for b in self.buckets
+                                       for n in b.nodes.values()}
+        closest = sorted(by_long, key=target.__xor__)
         if exclude is not None and exclude in by_long:
-            longs = [x for x in longs if x != exclude]
-        return [by_long[x] for x in sorted(longs, key=target.__xor__)[:k]]
+            closest.remove(exclude)
+        return [by_long[x] for x in closest[:k]]
 
     def is_failing(self, node_id: bytes) -> bool:
         """Did the contact's last RPC fail (and none succeed since)?"""
@@ -175,6 +177,17 @@ class RoutingTable(_StockRoutingTable):
 
     def __len__(self) -> int:
         return sum(len(b) for b in self.buckets)
+
+
+def _depth(bucket: KBucket) -> int:
+    """KBucket.depth (the length of the prefix its contacts share), without bit strings."""
+    ids = [n.long_id for n in bucket.nodes.values()]
+    if not ids:
+        return 0
+    spread = 0
+    for x in ids:
+        spread |= x ^ ids[0]
+    return ID_BITS - spread.bit_length()
 
 
 class Shortlist(NodeHeap):
