@@ -95,7 +95,8 @@ TARGET_NODES = 200
 def sources_sha256() -> dict[str, str]:
     """Short hashes of the DHT sources measured (the tree may be edited meanwhile)."""
     return {name: hashlib.sha256((ROOT / "overlay" / name).read_bytes()).hexdigest()[:16]
-            for name in ("dht.py", "_routing.py", "_dgram.py", "certs.py")}
+            for name in ("dht.py", "_lookup.py", "_calls.py", "_routing.py", "_dgram.py",
+                         "_wire.py", "certs.py")}
 
 
 SOURCES_AT_START = sources_sha256()
