@@ -50,7 +50,7 @@ from ._wire import (
     unpackb_untrusted,
     verify_body,
 )
-from .certs import Certificate, GridInfo, check_certificate
+from .certs import CLOCK_SKEW, Certificate, GridInfo, check_certificate
 
 DGRAM_TAG = b"gridnode/dht-datagram/v1"
 RETRY_TAG = b"gridnode/dht-retry/v1"
@@ -167,10 +167,15 @@ class DatagramChecker:
             self._certs[raw] = cert
             while len(self._certs) > self._cert_cache_size:
                 self._certs.popitem(last=False)
-        else:
-            self._certs.move_to_end(raw)
-        # Expiry and revocation change with time: checked on every datagram.
-        check_certificate(cert, self.grid, now_s, revoked=self.revoked, kind="node")
+            check_certificate(cert, self.grid, now_s, revoked=self.revoked, kind="node")
+            return cert
+        self._certs.move_to_end(raw)
+        # Cached: a node certificate of this grid.  Expiry and revocation change
+        # with time: checked on every datagram (by check_certificate, with its
+        # reasons, when they fail).
+        if (now_s + CLOCK_SKEW < cert.not_before or now_s - CLOCK_SKEW > cert.not_after
+                or cert.subject_id in self.revoked):
+            check_certificate(cert, self.grid, now_s, revoked=self.revoked, kind="node")
         return cert
 
     def decode_untrusted(self, data: bytes, now_ms: int) -> Request | Response | Retry:
