@@ -13,6 +13,7 @@ and an answer that comes after all takes the contact back.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,12 +56,17 @@ class Lookup:
         # contact id -> [when we stop waiting for it, when it was asked, patience]
         self.waiting: dict[bytes, list[float]] = {}
         self.latencies: list[float] = []  # of this lookup's answers: the round trip now
-        # Answers land here, from whatever runs the queries.
+        # Answers land here, from whatever runs the queries; the lookup sleeps
+        # in ``_arrived`` until one comes or the alarm rings.
         self._inbox: list[tuple[Node, Any]] = []
         self._arrived = trio.lowlevel.ParkingLot()
+        self._wake_at = math.inf
+        self._alarm = trio.CancelScope()
 
-    async def run(self, ask: Ask, learn: Learn) -> LookupResult:
+    async def run(self, ask: Ask, learn: Learn, nursery: trio.Nursery) -> LookupResult:
+        """Run the lookup; ``nursery`` holds its alarm task, to be cancelled after."""
         heap, waiting, result = self.heap, self.waiting, self.result
+        nursery.start_soon(self._ring)
         while True:
             candidates = heap.uncontacted() if len(waiting) < self.alpha else []
             for contact in candidates[: self.alpha - len(waiting)]:
@@ -76,8 +82,10 @@ class Lookup:
             if not waiting:
                 break
             if not self._inbox:
-                with trio.move_on_at(min(w[0] for w in waiting.values())):
-                    await self._arrived.park()
+                wake_at = min(w[0] for w in waiting.values())
+                if wake_at != self._wake_at:
+                    self._wake_at = self._alarm.deadline = wake_at
+                await self._arrived.park()
             if self._inbox:
                 for contact, answer in self._inbox:
                     self._take(contact, answer, learn)
@@ -88,6 +96,18 @@ class Lookup:
         # Hops: how far down the chain of answers the closest node was found.
         result.hops = self.depth[result.nodes[0].id] if result.nodes else 0
         return result
+
+    async def _ring(self) -> None:
+        """The alarm: wakes the lookup when the first patience it waits on runs out.
+
+        One task and cancel scope for the whole lookup, moved as deadlines
+        change, instead of a cancel scope for every wait.
+        """
+        while True:
+            with trio.CancelScope(deadline=self._wake_at) as self._alarm:
+                await trio.sleep_forever()
+            self._wake_at = math.inf  # rung: set again by the lookup
+            self._arrived.unpark_all()
 
     def _deliver_to(self, contact: Node) -> Then:
         def then(answer: Any) -> None:

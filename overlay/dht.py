@@ -468,7 +468,7 @@ class GridDht:
                                      contact.id, lambda outcome: then(_result(outcome)))
 
             lookup = Lookup(target, self.router, self.rtt, ksize=self.ksize, alpha=self.alpha)
-            result = await lookup.run(ask, learn)
+            result = await lookup.run(ask, learn, local)
             local.cancel_scope.cancel()
         result.records = list(records.values())
         return result
