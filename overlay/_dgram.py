@@ -41,8 +41,16 @@ from typing import Any
 import nacl.signing
 
 from ._errors import BadMessage
-from ._wire import expect, open_envelope_untrusted, packb, seal, unpackb_untrusted, verify_body
-from .certs import Certificate, GridInfo, check_certificate
+from ._wire import (
+    expect,
+    open_envelope_untrusted,
+    packb,
+    seal_body,
+    sealed_size,
+    unpackb_untrusted,
+    verify_body,
+)
+from .certs import CLOCK_SKEW, Certificate, GridInfo, check_certificate
 
 DGRAM_TAG = b"gridnode/dht-datagram/v1"
 RETRY_TAG = b"gridnode/dht-retry/v1"
@@ -97,18 +105,33 @@ def new_msg_id() -> bytes:
 def encode_request(key: nacl.signing.SigningKey, cert: Certificate, msg_id: bytes, ts_ms: int,
                    method: str, args: list[Any], cookie: bytes = b"", pad_to: int = 0) -> bytes:
     """A signed request; ``pad_to`` pads it (inside the signature) to at least that size."""
-    fields = [REQUEST, msg_id, ts_ms, cert.raw, cookie, method, args]
-    data = seal(DGRAM_TAG, fields, key)
-    if len(data) < pad_to:
-        # The padding field's own header takes up to 5 bytes.
-        data = seal(DGRAM_TAG, [*fields, bytes(max(0, pad_to - len(data) - 5))], key)
-    return data
+    fields = [DGRAM_TAG, REQUEST, msg_id, ts_ms, cert.raw, cookie, method, args]
+    body = packb(fields)
+    size = sealed_size(len(body))
+    if size < pad_to:
+        # The padding field's own header takes up to 5 bytes.  The size is
+        # known before signing: one signature per request, padded or not.
+        body = packb([*fields, bytes(max(0, pad_to - size - 5))])
+    return seal_body(body, key)
 
 
 def encode_response(key: nacl.signing.SigningKey, cert: Certificate, msg_id: bytes,
                     ts_ms: int, result: Any, cookie: bytes = b"") -> bytes:
-    fields = [RESPONSE, msg_id, ts_ms, cert.raw, result]
-    return seal(DGRAM_TAG, [*fields, cookie] if cookie else fields, key)
+    return seal_body(_response_body(cert, msg_id, ts_ms, result, cookie), key)
+
+
+def encode_response_within(key: nacl.signing.SigningKey, cert: Certificate, msg_id: bytes,
+                           ts_ms: int, result: Any, cookie: bytes, max_size: int
+                           ) -> bytes | None:
+    """A signed response of at most ``max_size`` bytes, or None (and nothing signed)."""
+    body = _response_body(cert, msg_id, ts_ms, result, cookie)
+    return seal_body(body, key) if sealed_size(len(body)) <= max_size else None
+
+
+def _response_body(cert: Certificate, msg_id: bytes, ts_ms: int, result: Any,
+                   cookie: bytes) -> bytes:
+    fields = [DGRAM_TAG, RESPONSE, msg_id, ts_ms, cert.raw, result]
+    return packb([*fields, cookie] if cookie else fields)
 
 
 def encode_retry(msg_id: bytes, cookie: bytes) -> bytes:
@@ -144,10 +167,15 @@ class DatagramChecker:
             self._certs[raw] = cert
             while len(self._certs) > self._cert_cache_size:
                 self._certs.popitem(last=False)
-        else:
-            self._certs.move_to_end(raw)
-        # Expiry and revocation change with time: checked on every datagram.
-        check_certificate(cert, self.grid, now_s, revoked=self.revoked, kind="node")
+            check_certificate(cert, self.grid, now_s, revoked=self.revoked, kind="node")
+            return cert
+        self._certs.move_to_end(raw)
+        # Cached: a node certificate of this grid.  Expiry and revocation change
+        # with time: checked on every datagram (by check_certificate, with its
+        # reasons, when they fail).
+        if (now_s + CLOCK_SKEW < cert.not_before or now_s - CLOCK_SKEW > cert.not_after
+                or cert.subject_id in self.revoked):
+            check_certificate(cert, self.grid, now_s, revoked=self.revoked, kind="node")
         return cert
 
     def decode_untrusted(self, data: bytes, now_ms: int) -> Request | Response | Retry:
@@ -160,7 +188,7 @@ class DatagramChecker:
             _check_bytes(msg_id, MSG_ID_SIZE, "msg_id")
             _check_bytes(cookie, COOKIE_SIZE, "cookie")
             return Retry(msg_id, cookie, len(data))
-        fields, body, sig = open_envelope_untrusted(DGRAM_TAG, data)
+        fields, body, sig = open_envelope_untrusted(DGRAM_TAG, data, outer=outer)
         expect(len(fields) >= 4, "datagram too short")
         kind, msg_id, ts_ms, cert_raw = fields[:4]
         _check_bytes(msg_id, MSG_ID_SIZE, "msg_id")

@@ -17,12 +17,15 @@ consecutive failures; the bucket's replacement cache refills it (the stock
 
 from __future__ import annotations
 
-import heapq
+import bisect
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 
 from kademlia.node import Node, NodeHeap
+from kademlia.routing import KBucket
 from kademlia.routing import RoutingTable as _StockRoutingTable
 
+ID_BITS = 160
 FAILURES_TO_EVICT = 2
 RECENT_SAMPLES = 128
 PATIENCE_FLOOR = 0.01
@@ -30,12 +33,33 @@ PATIENCE_FACTOR = 4
 
 
 class RoutingTable(_StockRoutingTable):
+    # Views asked for on every datagram, kept up to date rather than rebuilt
+    # per query: the buckets' upper ends (changed by a split) and the
+    # contacts by long id (a newcomer is added in place; a removal or a
+    # split rebuilds it when next needed).  Set by flush(), which the stock
+    # __init__ calls.
+    _uppers: list[int]
+    _by_long: dict[int, Node] | None
+
     def __init__(self, ksize: int, node: Node) -> None:
         super().__init__(None, ksize, node)
         self.to_ping: OrderedDict[bytes, Node] = OrderedDict()
         self._by_address: dict[tuple[str, int], bytes] = {}
         self._failures: dict[bytes, int] = {}
         self._prune_at = 64
+
+    def flush(self) -> None:
+        super().flush()
+        self._changed(split=True)
+
+    def _changed(self, *, split: bool = False) -> None:
+        self._by_long = None
+        if split:
+            self._uppers = [b.range[1] for b in self.buckets]
+
+    def split_bucket(self, index: int) -> None:
+        super().split_bucket(index)
+        self._changed(split=True)
 
     def add_contact(self, node: Node) -> None:
         if node.id == self.node.id:
@@ -54,9 +78,15 @@ class RoutingTable(_StockRoutingTable):
         self._failures.pop(node.id, None)
         index = self.get_bucket_for(node)
         bucket = self.buckets[index]
-        if bucket.add_node(node):
+        held = bucket.nodes.get(node.id)
+        if held is not None and held.ip == node.ip and held.port == node.port:
+            bucket.nodes.move_to_end(node.id)  # seen again: what the stock add_node does
             return
-        if bucket.has_in_range(self.node) or bucket.depth() % 5 != 0:
+        if bucket.add_node(node):  # a newcomer, or a contact that moved
+            if self._by_long is not None:
+                self._by_long[node.long_id] = node
+            return
+        if bucket.has_in_range(self.node) or _depth(bucket) % 5 != 0:
             self.split_bucket(index)
             self.add_contact(node)
             return
@@ -76,6 +106,7 @@ class RoutingTable(_StockRoutingTable):
         self._failures.pop(node.id, None)
         self.to_ping.pop(node.id, None)
         bucket.remove_node(node)
+        self._changed()
 
     def note_failure(self, node_id: bytes) -> bool:
         """Count a failed RPC; evict after repeated failures. True if evicted."""
@@ -106,10 +137,10 @@ class RoutingTable(_StockRoutingTable):
         # Bucket ranges include both ends and KBucket.split puts the midpoint
         # in the lower half; the stock lookup (``<``) sent an id equal to a
         # bucket's upper end to the next bucket, where get/remove missed it.
-        for index, bucket in enumerate(self.buckets):
-            if node.long_id <= bucket.range[1]:
-                return index
-        raise ValueError(f"id {node.id!r} is outside the id space")
+        index = bisect.bisect_left(self._uppers, node.long_id)
+        if index == len(self._uppers):
+            raise ValueError(f"id {node.id!r} is outside the id space")
+        return index
 
     def find_neighbors(self, node: Node, k: int | None = None,
                        exclude: Node | None = None) -> list[Node]:
@@ -118,9 +149,19 @@ class RoutingTable(_StockRoutingTable):
         The stock table leaves out a contact whose id *is* the target, so
         a lookup of a node's own id could never find that node.
         """
-        contacts = [n for n in self.contacts() if exclude is None or n.id != exclude.id]
-        return heapq.nsmallest(k or self.ksize, contacts,
-                               key=lambda n: n.long_id ^ node.long_id)
+        return self.nearest(node.long_id, k or self.ksize,
+                            None if exclude is None else exclude.long_id)
+
+    def nearest(self, target: int, k: int, exclude: int | None = None) -> list[Node]:
+        """The k contacts whose long ids are closest to ``target`` (xor), nearest first."""
+        by_long = self._by_long
+        if by_long is None:
+            by_long = self._by_long = {n.long_id: n for b in self.buckets
+                                       for n in b.nodes.values()}
+        closest = sorted(by_long, key=target.__xor__)
+        if exclude is not None and exclude in by_long:
+            closest.remove(exclude)
+        return [by_long[x] for x in closest[:k]]
 
     def is_failing(self, node_id: bytes) -> bool:
         """Did the contact's last RPC fail (and none succeed since)?"""
@@ -138,29 +179,60 @@ class RoutingTable(_StockRoutingTable):
         return sum(len(b) for b in self.buckets)
 
 
-class Shortlist(NodeHeap):
-    """kademlia's NodeHeap with constant-time membership.
+def _depth(bucket: KBucket) -> int:
+    """KBucket.depth (the length of the prefix its contacts share), without bit strings."""
+    ids = [n.long_id for n in bucket.nodes.values()]
+    if not ids:
+        return 0
+    spread = 0
+    for x in ids:
+        spread |= x ^ ids[0]
+    return ID_BITS - spread.bit_length()
 
-    The stock heap tests membership by scanning itself, once per pushed node:
-    quadratic in the shortlist, and the largest cost of a lookup.
+
+class Shortlist(NodeHeap):
+    """kademlia's NodeHeap with constant-time membership, kept sorted.
+
+    The stock heap tests membership by scanning itself, once per pushed node
+    (quadratic in the shortlist), and sorts itself for every look at its
+    closest nodes.  Here ``heap`` is a list sorted by distance (which is
+    also a valid heap): the closest ``maxsize`` are its head.
     """
 
     def __init__(self, node: Node, maxsize: int) -> None:
         super().__init__(node, maxsize)
-        self._ids: set[bytes] = set()
+        self.heap: list[tuple[int, Node]] = []
+        self.ids: set[bytes] = set()  # of every node in the heap (read-only outside)
 
     def push(self, nodes: Node | list[Node]) -> None:
+        goal = self.node.long_id
         for node in nodes if isinstance(nodes, list) else [nodes]:
-            if node.id not in self._ids:
-                self._ids.add(node.id)
-                heapq.heappush(self.heap, (self.node.distance_to(node), node))
+            if node.id not in self.ids:
+                self.ids.add(node.id)
+                bisect.insort(self.heap, (goal ^ node.long_id, node))
 
     def remove(self, peers: list[bytes]) -> None:
-        super().remove(peers)
-        self._ids.difference_update(peers)
+        gone = set(peers)
+        if gone & self.ids:
+            self.heap = [entry for entry in self.heap if entry[1].id not in gone]
+            self.ids -= gone
+
+    def popleft(self) -> Node | None:
+        if not self.heap:
+            return None
+        node = self.heap.pop(0)[1]
+        self.ids.discard(node.id)
+        return node
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter([node for _, node in self.heap[: self.maxsize]])
+
+    def uncontacted(self) -> list[Node]:
+        """The closest ``maxsize`` not asked yet, closest first."""
+        return [node for _, node in self.heap[: self.maxsize] if node.id not in self.contacted]
 
     def __contains__(self, node: Node) -> bool:
-        return node.id in self._ids
+        return node.id in self.ids
 
 
 class RttEstimator:
@@ -178,9 +250,11 @@ class RttEstimator:
         self._est: OrderedDict[tuple[str, int], tuple[float, float]] = OrderedDict()
         self._typical: tuple[float, float] | None = None
         self._recent: deque[float] = deque(maxlen=RECENT_SAMPLES)
+        self._median: float | None = None  # of _recent; None: to be computed
 
     def observe(self, addr: tuple[str, int], rtt: float) -> None:
         self._recent.append(rtt)
+        self._median = None
         self._est[addr] = self._update(self._est.get(addr), rtt)
         self._est.move_to_end(addr)
         while len(self._est) > self.max_entries:
@@ -215,5 +289,7 @@ class RttEstimator:
         """
         if not self._recent:
             return self.timeout(addr)
-        median = sorted(self._recent)[len(self._recent) // 2]
+        median = self._median
+        if median is None:  # asked for each query, changed by each answer: sorted lazily
+            median = self._median = sorted(self._recent)[len(self._recent) // 2]
         return min(self.timeout(addr), max(PATIENCE_FLOOR, PATIENCE_FACTOR * median))

@@ -52,19 +52,32 @@ def unpackb_untrusted(data: bytes, *, max_size: int = MAX_ENVELOPE,
 
 def seal(domain: bytes, fields: list[Any], key: nacl.signing.SigningKey) -> bytes:
     """Sign ``[domain, *fields]`` with ``key`` and return the envelope bytes."""
-    body = packb([domain, *fields])
-    sig = key.sign(body).signature
-    return packb([body, sig])
+    return seal_body(packb([domain, *fields]), key)
 
 
-def open_envelope_untrusted(domain: bytes, data: bytes) -> tuple[list[Any], bytes, bytes]:
+def seal_body(body: bytes, key: nacl.signing.SigningKey) -> bytes:
+    """The envelope of an already packed body: ``[body, sig]``."""
+    return packb([body, key.sign(body).signature])
+
+
+def sealed_size(body_size: int) -> int:
+    """How many bytes :func:`seal_body` makes of a body that size (no signing needed)."""
+    # fixarray(2), bin header + body, bin8 header + signature
+    header = 2 if body_size < 1 << 8 else 3 if body_size < 1 << 16 else 5
+    return 1 + header + body_size + 2 + SIGNATURE_SIZE
+
+
+def open_envelope_untrusted(domain: bytes, data: bytes, *,
+                            outer: Any = None) -> tuple[list[Any], bytes, bytes]:
     """Split an envelope without checking the signature yet.
 
     Returns ``(fields, body, sig)``; the caller picks the verifying key from
     the fields (a self-signed request) or from its trust anchor (a
-    certificate) and calls :func:`verify_body`.
+    certificate) and calls :func:`verify_body`.  ``outer`` is ``data``
+    already decoded, for a caller that had to look at it first.
     """
-    outer = unpackb_untrusted(data)
+    if outer is None:
+        outer = unpackb_untrusted(data)
     if not (isinstance(outer, list) and len(outer) == 2):
         raise BadMessage("envelope is not a [body, signature] pair")
     body, sig = outer

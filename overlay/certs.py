@@ -111,8 +111,9 @@ class GridInfo:
     bootstrap: tuple[str, ...] = ()
     raw: bytes = field(default=b"", compare=False, repr=False)
 
-    @property
+    @cached_property
     def grid_id(self) -> bytes:
+        # Compared with every certificate a datagram carries: hashed once.
         return node_id_of(self.authority_key)
 
     @classmethod

@@ -12,33 +12,34 @@ Layers inside one node, bottom up:
 - ``_dgram.DatagramChecker``: every datagram is decoded and authenticated
   (grid certificate, signature, timestamp, replay) before anything else
   looks at it; failures are counted and dropped.
-- RPC: requests and responses matched by msg_id *and* address; timeouts
-  follow measured round trips (``RttEstimator``); a request from an address
-  that has not proved itself runs nothing and gets only a retry cookie,
-  smaller than the request.
+- RPC: requests and responses matched by msg_id *and* address
+  (``_calls``); timeouts follow measured round trips (``RttEstimator``); a
+  request from an address that has not proved itself runs nothing and gets
+  only a retry cookie, smaller than the request.  A lookup's queries run
+  without a task each.
 - Handlers: an explicit table ``ping``, ``find_node``, ``find_value``,
   ``store``; storage is the validating ``RecordStore``.
-- Lookups: iterative, ``alpha`` queries in flight, failed contacts dropped
-  at once; value lookups return the union of valid records of the k
-  closest nodes (paged when a provider set does not fit one datagram).
+- Lookups (``_lookup``): iterative, ``alpha`` queries in flight, failed
+  contacts dropped at once; value lookups return the union of valid records
+  of the k closest nodes (paged when a provider set does not fit one
+  datagram).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
-import statistics
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Container
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 from kademlia.node import Node
 
+from ._calls import Call, Outcome, PendingCalls
 from ._dgram import (
     MAX_DATAGRAM,
     AddressBook,
@@ -48,11 +49,13 @@ from ._dgram import (
     Retry,
     encode_request,
     encode_response,
+    encode_response_within,
     encode_retry,
     new_msg_id,
 )
 from ._errors import BadMessage
-from ._routing import PATIENCE_FACTOR, PATIENCE_FLOOR, RoutingTable, RttEstimator, Shortlist
+from ._lookup import Lookup, LookupResult, Then, parse_contacts
+from ._routing import RoutingTable, RttEstimator
 from ._storage import RecordStore
 from .certs import Certificate, GridInfo
 from .identity import ID_SIZE, KeyPair
@@ -90,22 +93,6 @@ class Contact:
     last_seen: float  # wall-clock seconds of the last authenticated message, 0.0 if none
 
 
-@dataclass
-class LookupResult:
-    nodes: list[Node]
-    records: list[SignedRecord] = field(default_factory=list)
-    hops: int = 0
-    queried: int = 0
-    failed: int = 0
-
-
-@dataclass
-class _Call:
-    addr: Address
-    done: trio.Event = field(default_factory=trio.Event)
-    reply: Response | Retry | None = None
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -132,7 +119,7 @@ class GridDht:
         self.counters: Counter[str] = Counter({name: 0 for name in COUNTERS})
         self.last_seen: dict[bytes, float] = {}
         self._sock: socket.socket | None = None
-        self._calls: dict[bytes, _Call] = {}
+        self._calls = PendingCalls()
         self._background: trio.Nursery | None = None
         self._rechecking: set[bytes] = set()
         # Cookies that other nodes gave us, sent along so they answer at once.
@@ -175,14 +162,14 @@ class GridDht:
             async with trio.open_nursery() as nursery:
                 self._background = nursery
                 nursery.start_soon(self._receive_loop)
+                nursery.start_soon(self._calls.expire, self._fail)
                 task_status.started()
         finally:
             self._background = None
             self._sock = None
             trio.lowlevel.notify_closing(sock)
             sock.close()
-            for call in self._calls.values():
-                call.done.set()
+            self._calls.close(self._fail)
 
     # -- the door: receive and dispatch ----------------------------------------
 
@@ -214,7 +201,7 @@ class GridDht:
         if isinstance(msg, Request):
             await self._serve_request(msg, addr)
             return
-        call = self._calls.get(msg.msg_id)
+        call = self._calls.by_id.get(msg.msg_id)
         if call is None:
             self.counters["late_replies"] += 1
             return
@@ -222,15 +209,27 @@ class GridDht:
             # Replies count only from the address the request went to.
             self.counters["replies_from_wrong_address"] += 1
             return
-        call.reply = msg
-        call.done.set()
+        if call.then is None:
+            call.reply = msg
+            call.done.set()
+            return
+        del self._calls.by_id[msg.msg_id]
+        cookie = self._remember_cookie(addr, msg.cookie) if msg.cookie else b""
+        if isinstance(msg, Retry):
+            if call.attempts < 2:
+                self._send_call(call, cookie)
+            else:
+                self._fail(call)
+            return
+        call.then(self._answered(call.addr, call.expect_id, msg, call.started))
 
     async def _serve_request(self, req: Request, addr: Address) -> None:
         now = time.monotonic()
         peer = (*addr, req.sender)
-        if req.cookie and self.book.cookie_valid(peer, req.cookie, now):
-            self.book.prove(peer, now)
         proved = self.book.is_proved(peer, now)
+        if not proved and req.cookie and self.book.cookie_valid(peer, req.cookie, now):
+            self.book.prove(peer, now)
+            proved = True
         handler = self._handlers.get(req.method)
         if handler is None:
             self.counters["requests_refused"] += 1
@@ -246,9 +245,9 @@ class GridDht:
             # itself next time) only if it is no larger than its request;
             # otherwise just the cookie.  It does not enter the routing table.
             cookie = self.book.cookie(peer, now)
-            reply = encode_response(self.key.signing_key, self.cert, req.msg_id, _now_ms(),
-                                    result, cookie)
-            if len(reply) > req.size:
+            reply = encode_response_within(self.key.signing_key, self.cert, req.msg_id,
+                                           _now_ms(), result, cookie, req.size)
+            if reply is None:  # too large: not even signed
                 reply = encode_retry(req.msg_id, cookie)
                 self.counters["retries_sent"] += 1
             if len(reply) <= req.size:
@@ -287,7 +286,8 @@ class GridDht:
             msg_id = new_msg_id()
             data = encode_request(self.key.signing_key, self.cert, msg_id, _now_ms(), method,
                                   args, cookie, pad_to=0 if cookie else PAD_UNPROVED)
-            call = self._calls[msg_id] = _Call(addr)
+            call = Call(addr)
+            self._calls.add(msg_id, call)
             started = time.monotonic()
             try:
                 if not await self._send(data, addr):
@@ -295,7 +295,7 @@ class GridDht:
                 with trio.move_on_after(self.rtt.timeout(addr)):
                     await call.done.wait()
             finally:
-                del self._calls[msg_id]
+                del self._calls.by_id[msg_id]
             reply = call.reply
             if reply is not None and reply.cookie:
                 cookie = self._remember_cookie(addr, reply.cookie)
@@ -303,15 +303,26 @@ class GridDht:
                 continue
             if reply is None:
                 break
-            self.rtt.observe(addr, time.monotonic() - started)
-            if expect_id is not None and reply.sender != expect_id:
-                # Someone else lives there now: forget the old contact.
-                self._forget(expect_id)
-            self.book.prove((*addr, reply.sender), time.monotonic())
-            self.last_seen[reply.sender] = time.time()
-            if reply.sender not in self.revoked:
-                self.router.add_contact(Node(reply.sender, addr[0], addr[1]))
-            return reply.sender, reply.result
+            return self._answered(addr, expect_id, reply, started)
+        self._failed(addr, expect_id)
+        return None
+
+    def _answered(self, addr: Address, expect_id: bytes | None, reply: Response,
+                  started: float) -> tuple[bytes, Any]:
+        """What an answer teaches us about its sender; its (sender, result)."""
+        now = time.monotonic()
+        self.rtt.observe(addr, now - started)
+        if expect_id is not None and reply.sender != expect_id:
+            # Someone else lives there now: forget the old contact.
+            self._forget(expect_id)
+        self.book.prove((*addr, reply.sender), now)
+        self.last_seen[reply.sender] = time.time()
+        if reply.sender not in self.revoked:
+            self.router.add_contact(Node(reply.sender, addr[0], addr[1]))
+        return reply.sender, reply.result
+
+    def _failed(self, addr: Address, expect_id: bytes | None) -> None:
+        """A call got no answer: count it against the contact."""
         self.counters["calls_failed"] += 1
         if expect_id is not None:
             if self.router.note_failure(expect_id):
@@ -322,7 +333,42 @@ class GridDht:
                 # is gone, instead of leaving it to cost other lookups.
                 self._rechecking.add(expect_id)
                 self._background.start_soon(self._recheck, addr, expect_id)
-        return None
+
+    # Task-less calls (see ``_calls``): a lookup's queries.
+
+    def _start_call(self, addr: Address, method: str, args: list[Any], expect_id: bytes | None,
+                    then: Callable[[Outcome], None]) -> None:
+        """Ask ``addr`` as ``call`` does; ``then`` gets the outcome.  Only while serving."""
+        call = Call(addr, then=then, method=method, args=args, expect_id=expect_id)
+        self._send_call(call, self._cookies.get(addr, b""))
+
+    def _send_call(self, call: Call, cookie: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            self._fail(call)
+            return
+        call.attempts += 1
+        msg_id = new_msg_id()
+        data = encode_request(self.key.signing_key, self.cert, msg_id, _now_ms(), call.method,
+                              call.args, cookie, pad_to=0 if cookie else PAD_UNPROVED)
+        call.started = time.monotonic()
+        try:
+            sock.sendto(data, call.addr)
+        except BlockingIOError:  # a full send buffer: wait for room in the background
+            if self._background is not None:
+                self._background.start_soon(self._send, data, call.addr)
+        except OSError as exc:
+            self.counters["socket_errors"] += 1
+            logger.debug("sendto %s failed: %r", call.addr, exc)
+            self._fail(call)
+            return
+        self._calls.add(msg_id, call, trio.current_time() + self.rtt.timeout(call.addr))
+
+    def _fail(self, call: Call) -> None:
+        """A task-less call got no answer in time."""
+        self._failed(call.addr, call.expect_id)
+        assert call.then is not None
+        call.then(None)
 
     async def _recheck(self, addr: Address, node_id: bytes) -> None:
         try:
@@ -354,9 +400,14 @@ class GridDht:
     def _neighbours(self, target: bytes, exclude: bytes) -> list[list[Any]]:
         # A contact that just failed us is not handed to others: it may be
         # dead, and a dead contact costs every lookup that tries it.
-        nodes = self.router.find_neighbors(Node(target), self.ksize + 8)
-        good = [n for n in nodes if n.id != exclude and not self.router.is_failing(n.id)]
-        return [[n.id, n.ip, n.port] for n in good[: self.ksize]]
+        failing = self.router.is_failing
+        out = []
+        for n in self.router.nearest(int.from_bytes(target, "big"), self.ksize + 8):
+            if n.id != exclude and not failing(n.id):
+                out.append([n.id, n.ip, n.port])
+                if len(out) == self.ksize:
+                    break
+        return out
 
     def _rpc_find_node(self, req: Request, addr: Address) -> list[list[Any]]:
         (target,) = _args(req, 1)
@@ -392,91 +443,39 @@ class GridDht:
     async def lookup(self, target: bytes, *, find_value: bool = False) -> LookupResult:
         """Iterative lookup of the k nodes closest to ``target`` (and their records).
 
-        ``alpha`` queries are in flight at a time.  A contact that has not
-        answered within ``rtt.patience`` is dropped from this lookup and
-        another is asked in its place; its call goes on in the node's own
-        nursery until its real timeout, and only then counts against it.
+        See ``_lookup``.  A node lookup's queries run without tasks; a value
+        lookup's (paged) and those of a node that is not serving run one task
+        each.  A query the lookup stopped waiting for goes on in the node's
+        own nursery until its real timeout, and only then counts against the
+        contact.
         """
-        goal = Node(target)
-        heap = Shortlist(goal, self.ksize)
-        start = self.router.find_neighbors(goal, self.ksize)
-        heap.push(start)
-        depth = {n.id: 1 for n in start}
-        responded: set[bytes] = set()
         records: dict[bytes, SignedRecord] = {}
-        result = LookupResult(nodes=[])
-        send, receive = trio.open_memory_channel[tuple[Node, Any]](math.inf)
-        # contact id -> [when we stop waiting for it, when it was asked, patience]
-        waiting: dict[bytes, list[float]] = {}
-        latencies: list[float] = []  # of this lookup's answers: the round trip right now
-        spawn = self._background.start_soon if self._background else None
-        async with send, receive, trio.open_nursery() as local:
-            while True:
-                candidates = [n for n in heap if n.id not in heap.contacted]
-                while candidates and len(waiting) < self.alpha:
-                    contact = candidates.pop(0)
-                    heap.mark_contacted(contact)
-                    now = trio.current_time()
-                    patience = self.rtt.patience((contact.ip, contact.port))
-                    if latencies:
-                        patience = min(patience, PATIENCE_FACTOR * statistics.median(latencies))
-                    patience = max(patience, PATIENCE_FLOOR)
-                    waiting[contact.id] = [now + patience, now, patience]
-                    (spawn or local.start_soon)(self._query, contact, target, find_value,
-                                                send.clone())
-                    result.queried += 1
-                if not waiting:
-                    break
-                with trio.move_on_at(min(w[0] for w in waiting.values())):
-                    contact, answer = await receive.receive()
-                    entry = waiting.pop(contact.id, None)
-                    was_waiting = entry is not None
-                    if entry is not None and answer is not None:
-                        latencies.append(trio.current_time() - entry[1])
-                        # What this lookup now knows about the round trip
-                        # shortens what it waits for those still out.
-                        cap = max(PATIENCE_FLOOR, PATIENCE_FACTOR * statistics.median(latencies))
-                        for w in waiting.values():
-                            w[0] = min(w[0], w[1] + cap)
-                    if answer is None:
-                        if was_waiting:
-                            result.failed += 1
-                            heap.remove([contact.id])
-                        continue
-                    if not was_waiting:  # it answered after all: take it back
-                        result.failed -= 1
-                        heap.push(contact)
-                    responded.add(contact.id)
-                    nodes = answer.get("nodes") if isinstance(answer, dict) else answer
-                    found = self._parse_nodes(nodes)
-                    for n in found:
-                        depth.setdefault(n.id, depth[contact.id] + 1)
-                    heap.push(found)
-                    if find_value and isinstance(answer, dict):
-                        self._merge_records(target, answer.get("records"), records)
-                    continue
-                now = trio.current_time()
-                for slow, (deadline, asked, patience) in list(waiting.items()):
-                    if deadline > now:
-                        continue
-                    if not latencies:
-                        # Nobody has answered this lookup yet: the network (or
-                        # this machine) may be slow, not that contact. Wait more.
-                        waiting[slow] = [now + 2 * patience, asked, 2 * patience]
-                        continue
-                    del waiting[slow]
-                    result.failed += 1
-                    heap.remove([slow])
+
+        def learn(answer: Any, known: Container[bytes]) -> list[Node]:
+            if find_value and isinstance(answer, dict):
+                self._merge_records(target, answer.get("records"), records)
+            nodes = answer.get("nodes") if isinstance(answer, dict) else answer
+            return self._parse_nodes(nodes, known)
+
+        async with trio.open_nursery() as local:
+            spawn = self._background.start_soon if self._background else local.start_soon
+
+            def ask(contact: Node, then: Then) -> None:
+                if find_value or self._background is None:
+                    spawn(self._query, contact, target, find_value, then)
+                else:
+                    self._start_call((contact.ip, contact.port), "find_node", [target],
+                                     contact.id, lambda outcome: then(_result(outcome)))
+
+            lookup = Lookup(target, self.router, self.rtt, ksize=self.ksize, alpha=self.alpha)
+            result = await lookup.run(ask, learn, local)
             local.cancel_scope.cancel()
-        result.nodes = [n for n in heap if n.id in responded]
         result.records = list(records.values())
-        # Hops: how far down the chain of answers the closest node was found.
-        result.hops = depth[result.nodes[0].id] if result.nodes else 0
         return result
 
     async def _query(self, contact: Node, target: bytes, find_value: bool,
-                     send: trio.MemorySendChannel[tuple[Node, Any]]) -> None:
-        """One lookup step against one contact; the answer goes to ``send``."""
+                     then: Then) -> None:
+        """One lookup step against one contact, as a task; the answer goes to ``then``."""
         addr = (contact.ip, contact.port)
         answer: Any = None
         if not find_value:
@@ -503,31 +502,13 @@ class GridDht:
                         got[-1], self.grid, time.time(), revoked=self.revoked).signer
                 except BadMessage:
                     break
-        async with send:
-            try:
-                send.send_nowait((contact, answer))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the lookup is over; the call still taught us about the contact
+        then(answer)
 
-    def _parse_nodes(self, nodes: Any) -> list[Node]:
-        """Contacts from a peer's answer: checked, bounded, never ourselves."""
-        if not isinstance(nodes, list):
-            return []
-        out = []
-        for entry in nodes[: 2 * self.ksize]:
-            if not (isinstance(entry, list) and len(entry) == 3):
-                self.counters["contacts_refused"] += 1
-                continue
-            node_id, ip, port = entry
-            if not (isinstance(node_id, bytes) and len(node_id) == ID_SIZE
-                    and isinstance(ip, str) and len(ip) < 64
-                    and isinstance(port, int) and 0 < port < 65536):
-                self.counters["contacts_refused"] += 1
-                continue
-            if node_id == self.node_id or node_id in self.revoked:
-                continue
-            out.append(Node(node_id, ip, port))
-        return out
+    def _parse_nodes(self, nodes: Any, known: Container[bytes] = ()) -> list[Node]:
+        """Contacts from a peer's answer (see ``parse_contacts``), never ourselves."""
+        found, refused = parse_contacts(nodes, 2 * self.ksize, known, self.node_id, self.revoked)
+        self.counters["contacts_refused"] += refused
+        return found
 
     def _merge_records(self, key: bytes, raws: Any, records: dict[bytes, SignedRecord]) -> None:
         if not isinstance(raws, list):
@@ -639,6 +620,10 @@ class GridDht:
             "records_held": len(self.store),
             "buckets": len(self.router.buckets),
         }
+
+
+def _result(outcome: Outcome) -> Any:
+    return None if outcome is None else outcome[1]
 
 
 def goal_distance(node: Node, key: bytes) -> int:

@@ -32,6 +32,7 @@ from overlay._dgram import (
     Retry,
     encode_request,
     encode_response,
+    encode_response_within,
     encode_retry,
     new_msg_id,
 )
@@ -251,6 +252,33 @@ def _request_of_size(size: int) -> bytes:
         if len(data) == size:
             return data
     raise AssertionError(f"no request of exactly {size} bytes")
+
+
+@given(pad_to=st.integers(0, 3000), extra=st.integers(0, 600))
+@SETTINGS
+def test_padding_is_sized_before_signing(pad_to: int, extra: int) -> None:
+    """Padding is sized before signing: the same size as sealing twice, and valid."""
+    data = encode_request(MEMBER.signing_key, CERT, MID, NOW_MS, "ping", [b"x" * extra],
+                          pad_to=pad_to)
+    fields = [REQUEST, MID, NOW_MS, CERT.raw, b"", "ping", [b"x" * extra]]
+    natural = len(seal(DGRAM_TAG, fields, MEMBER.signing_key))
+    if natural < pad_to:
+        padded = [*fields, bytes(max(0, pad_to - natural - 5))]
+        assert len(data) == len(seal(DGRAM_TAG, padded, MEMBER.signing_key))
+    else:
+        assert len(data) == natural
+    msg = checker().decode_untrusted(data, NOW_MS)
+    assert isinstance(msg, Request) and msg.size == len(data) and msg.args == [b"x" * extra]
+
+
+def test_response_within_a_size_is_built_only_if_it_fits() -> None:
+    full = encode_response(MEMBER2.signing_key, CERT2, MID, NOW_MS, [b"r" * 300], COOKIE)
+    fits = encode_response_within(MEMBER2.signing_key, CERT2, MID, NOW_MS, [b"r" * 300],
+                                  COOKIE, len(full))
+    assert fits is not None and len(fits) == len(full)
+    assert isinstance(checker().decode_untrusted(fits, NOW_MS), Response)
+    assert encode_response_within(MEMBER2.signing_key, CERT2, MID, NOW_MS, [b"r" * 300],
+                                  COOKIE, len(full) - 1) is None
 
 
 def test_datagram_size_limit() -> None:

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kademlia.node import Node
+from kademlia.routing import KBucket
 
-from overlay._routing import FAILURES_TO_EVICT, RoutingTable, RttEstimator
+from overlay._routing import FAILURES_TO_EVICT, RoutingTable, RttEstimator, _depth
 from tests.overlay.common import SETTINGS
 
 ID_BITS = 160
@@ -294,6 +295,11 @@ def test_table_stays_bounded_and_consistent(k: int, ops: list[tuple[str, bytes, 
         if what == "add" and node_id != OWN:
             got = t.get(node_id)
             assert got is not None and got.port == port
+        # The cached nearest-contacts view agrees with a full scan.
+        goal = Node(node_id)
+        brute = sorted(t.contacts(), key=lambda n: n.long_id ^ goal.long_id)
+        assert [n.id for n in t.find_neighbors(goal, 3)] == [n.id for n in brute[:3]]
+        assert t.find_neighbors(goal, 3) == brute[:3]
 
 
 # -- RTT estimates -------------------------------------------------------------------------------
@@ -354,3 +360,12 @@ def test_rtt_timeouts_always_within_floor_and_ceiling(samples: list, floor: floa
         for probe in (A, B, C):
             assert floor <= rtt.timeout(probe) <= ceiling
     assert len(rtt._est) <= 1
+
+
+@SETTINGS
+@given(ids=st.lists(st.binary(min_size=20, max_size=20), min_size=1, max_size=8))
+def test_bucket_depth_agrees_with_the_stock_one(ids: list[bytes]) -> None:
+    bucket = KBucket(0, 2 ** 160, 20)
+    for i in ids:
+        bucket.add_node(Node(i))
+    assert _depth(bucket) == bucket.depth()
