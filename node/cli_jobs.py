@@ -42,7 +42,8 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser],
     q.add_argument("--label", action="append", dest="labels", metavar="LABEL")
     q.add_argument("--input", action="append", dest="inputs", metavar="DATASET")
     q.add_argument("--output", action="append", dest="outputs", metavar="PATTERN")
-    q.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARG...")
+    q.add_argument("cmd_argv", nargs=argparse.REMAINDER, metavar="-- CMD ARG...",
+                   help="the command to run and its arguments")
 
     q = sub.add_parser("jobs", parents=parents + [as_json], help="list jobs")
     q.add_argument("--state", help="only jobs in this state")
@@ -144,7 +145,7 @@ def task_file_specs(path: Path) -> tuple[list[JobSpec], str]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    command = list(args.command)
+    command = list(args.cmd_argv)
     if command and command[0] == "--":
         command = command[1:]
     if args.file is not None:

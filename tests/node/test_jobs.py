@@ -191,3 +191,59 @@ async def test_home_sets_are_repaired_when_a_member_stays_gone(short_tmp):
             for j in ids:
                 await c.cancel(j)
         nursery.cancel_scope.cancel()
+
+
+async def test_cli_job_commands_and_their_refusals(short_tmp, tmp_path):
+    from tests.node.test_client import error, gridnode
+
+    dirs = make_grid(short_tmp, 2)
+    async with trio.open_nursery() as nursery:
+        nodes = await grid_of(nursery, dirs)
+        via = ["--via", address(nodes[1])]
+        out = await gridnode("submit", *via, "--name", "hello", "--", "echo", "hi")
+        job = out.stdout.decode().strip()
+        assert len(job) == 40
+        done = await gridnode("wait", *via, job, "--timeout", "60", "--json")
+        import json
+
+        assert json.loads(done.stdout)["states"] == {"finished": 1}
+        status = json.loads((await gridnode("status", *via, job, "--json")).stdout)
+        assert status["state"] == "finished" and status["name"] == "hello"
+        logs = await gridnode("logs", "--via", address(nodes[0]), job)
+        assert logs.stdout == b"hi\n"
+        task = tmp_path / "task.toml"
+        task.write_text('name = "t"\n[defaults]\nwalltime_s = 60\n'
+                        '[[job]]\nargv = ["sh", "-c", "exit {index}"]\ncount = 3\n')
+        tid = (await gridnode("submit", *via, "--file", str(task))).stdout.decode().strip()
+        waited = await trio.run_process([sys.executable, "-m", "node", "wait", *via, tid,
+                                         "--json"], capture_stdout=True, check=False)
+        assert waited.returncode == 1  # two of three exit non-zero: no error, a verdict
+        assert json.loads(waited.stdout)["states"] == {"failed": 2, "finished": 1}
+        listed = json.loads((await gridnode("jobs", *via, "--task", tid, "--json")).stdout)
+        assert sorted(j["index"] for j in listed) == [0, 1, 2]
+
+        before = len(nodes[0].queue.slots) + len(nodes[1].queue.slots)
+        refusals = [
+            (["submit", *via, "--cores", "-1", "--", "true"], "field 'cores'"),
+            (["submit", *via, "--memory", "999999999999", "--", "true"], "field 'memory_mb'"),
+            (["submit", *via, "--env", "NOEQUALS", "--", "true"], "NAME=VALUE"),
+            (["submit", *via], "say what to run"),
+            (["status", *via, "ab" * 20], "no job"),
+            (["status", *via, "nothex"], "not a job id"),
+            (["cancel", *via, "cd" * 20], "no job or task"),
+            (["logs", *via, "ef" * 20], "no job"),
+        ]
+        for n, (text, why) in enumerate([("[[job]]\nargv = ['x']\ncolour = 1\n", "field 'colour'"),
+                          ("[[job]]\nargv = 'x'\n", "field 'argv'"),
+                          ("nonsense = = 1", "not valid TOML"),
+                          ("[defaults]\ncores = 1\n", "at least one [[job]]"),
+                          ("[[job]]\nargv = ['x']\n[[job]]\ncores = 0\n", "job 2")]):
+            bad_task = tmp_path / f"bad{n}.toml"
+            bad_task.write_text(text)
+            refusals.append((["submit", *via, "--file", str(bad_task)], why))
+        for argv, why in refusals:
+            proc = await gridnode(*argv, check=False)
+            assert why in error(proc), (argv, error(proc))
+        # Nothing was stored half-way.
+        assert len(nodes[0].queue.slots) + len(nodes[1].queue.slots) == before
+        nursery.cancel_scope.cancel()
