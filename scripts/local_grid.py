@@ -10,7 +10,8 @@ grid's info, admitted by node 0's authority and bootstrapped from node 0.
 Each node has its own data dir (DIR/node-NN) and port (BASE_PORT + N).
 A data dir that exists is reused, so a second start rejoins the same grid.
 The grid's admin user is kept in DIR/user; once the nodes see each other it
-pings every node through node 0 over the secure channel.
+pings every node through node 0 over the secure channel, then runs a task
+of --jobs small jobs through node 0 and shows where they ran.
 """
 
 from __future__ import annotations
@@ -130,6 +131,49 @@ def ping_all(root: Path, rows: list[dict]) -> None:
         else f"node-{r['node']:02d} failed ({r.get('ping_error')})" for r in rows))
 
 
+def run_jobs(root: Path, rows: list[dict], count: int) -> None:
+    """As the admin user, submit ``count`` small jobs through node 0 and follow them."""
+    import collections
+
+    import trio
+
+    from node.client import Client
+    from overlay import RpcError
+    from steering import FINAL, JobSpec
+
+    sites = {bytes.fromhex(r["id"]): r["site"] for r in rows}
+    spec = {"argv": ["sh", "-c", "echo job {index} in $GRIDNODE_SANDBOX; sleep 0.5"],
+            "memory_mb": 64, "name": "demo"}
+
+    async def run() -> None:
+        async with Client.connect(rows[0]["addresses"][0], user_dir=root / "user") as client:
+            task = os.urandom(20).hex()
+            specs = [JobSpec.from_mapping({**spec, "task_id": task, "index": i,
+                                           "argv": [a.replace("{index}", str(i))
+                                                    for a in spec["argv"]]})
+                     for i in range(count)]
+            ids = await client.submit(specs)
+            log(f"submitted {len(ids)} jobs (task {task[:12]}) through node-00")
+            last = None
+            while True:
+                records = await client.jobs(task=task, limit=count)
+                states = collections.Counter(r.state for r in records)
+                summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+                if summary != last:
+                    log(f"  jobs: {summary}")
+                    last = summary
+                if len(records) == count and all(r.state in FINAL for r in records):
+                    break
+                await trio.sleep(0.5)
+            ran = collections.Counter(sites.get(r.history[-1].node, "?") for r in records)
+            log("  ran on: " + ", ".join(f"{s} {n}" for s, n in sorted(ran.items())))
+
+    try:
+        trio.run(run)
+    except (RpcError, OSError) as exc:
+        log(f"jobs through node-00 failed: {exc}")
+
+
 def converged(rows: list[dict], n: int) -> bool:
     ids = {r["id"] for r in rows if r["up"]}
     return len(ids) == n and all(ids - {r["id"]} <= set(r["peer_ids"]) for r in rows)
@@ -236,6 +280,8 @@ def main() -> int:
     ap.add_argument("--detach", action="store_true", help="leave the grid running and exit")
     ap.add_argument("--stop", action="store_true", help="stop a detached grid in --dir")
     ap.add_argument("--json", action="store_true", help="print the final table as JSON")
+    ap.add_argument("--jobs", type=int, default=20,
+                    help="demo jobs to run once the grid is up (default 20; 0: none)")
     args = ap.parse_args()
     # SIGTERM and a closed terminal stop the grid the way Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -245,6 +291,8 @@ def main() -> int:
         return stop(root)
     if not 1 <= args.nodes <= 200:
         ap.error("--nodes must be 1-200")
+    if not 0 <= args.jobs <= 10000:
+        ap.error("--jobs must be 0-10000")
     if (root / "pids.json").exists():
         ap.error(f"a detached grid is running in {root}; stop it with --stop first")
     root.mkdir(parents=True, exist_ok=True)
@@ -256,6 +304,8 @@ def main() -> int:
     try:
         rows = wait_converged(root, args.nodes, procs, args.timeout)
         ping_all(root, rows)
+        if args.jobs:
+            run_jobs(root, rows, args.jobs)
         log(f"all {args.nodes} nodes see each other:")
         if args.json:
             print(json.dumps(rows, indent=2))
