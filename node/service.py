@@ -60,9 +60,9 @@ def methods(node: Node) -> dict[str, Method]:
 
     return {
         "ping": Method(ping),
-        "whoami": Method(whoami),
-        "status": Method(status),
-        "peers": Method(peers),
+        "whoami": Method(whoami, inline=True),
+        "status": Method(status, inline=True),
+        "peers": Method(peers, inline=True),
     }
 
 

@@ -42,6 +42,7 @@ SEND_QUEUE = 64
 MAX_MESSAGE_ITEMS = 65536
 MAX_CONNECTIONS = 1024
 READ_SIZE = 256 * 1024
+IDLE_READ_SIZE = 64 * 1024
 
 
 class ChannelClosed(Exception):
@@ -81,6 +82,7 @@ class SecureChannel:
         self.closed = False
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._streaming = False
 
     @property
     def max_frame(self) -> int:
@@ -105,8 +107,11 @@ class SecureChannel:
                     raise ChannelClosed("peer closed the channel", clean=True)
                 return unpackb_untrusted(plaintext, max_size=self._session.max_frame,
                                          max_items=MAX_MESSAGE_ITEMS)
+            # Small reads while idle (a large buffer costs an allocation per read),
+            # large ones while a previous read came back full (bulk data flowing).
+            size = READ_SIZE if self._streaming else IDLE_READ_SIZE
             try:
-                chunk = await self._stream.receive_some(max(READ_SIZE, self._reader.wanted()))
+                chunk = await self._stream.receive_some(max(size, self._reader.wanted()))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise ChannelClosed(f"connection broke: {exc}") from None
             if not chunk:
@@ -116,6 +121,7 @@ class SecureChannel:
                 raise ChannelClosed("peer closed the connection without ending the stream "
                                     "(truncated)")
             self.bytes_received += len(chunk)
+            self._streaming = len(chunk) >= size
             self._reader.feed(chunk)
 
     async def _write(self) -> None:

@@ -94,6 +94,9 @@ class Method:
     fn: Callable[[CallContext, Any], Any]
     access: str = "member"
     streaming: bool = False
+    # Run by the connection's reader itself: only for handlers that answer at
+    # once without I/O (they hold up the connection's other messages meanwhile).
+    inline: bool = False
 
     def __post_init__(self) -> None:
         if self.access not in ACCESS:
@@ -111,13 +114,15 @@ def allowed(access: str, cert: Certificate) -> bool:
     return cert.kind == "user" and "admin" in cert.roles
 
 
+_SIZES = {REQUEST: 4, STREAM: 5, RESULT: 3, ERROR: 4, ITEM: 3, END: 2, CANCEL: 2, CREDIT: 3}
+
+
 def _check_message_untrusted(msg: Any) -> tuple[int, int]:
     expect(isinstance(msg, list) and len(msg) >= 2, "RPC message is not a list")
     kind, call_id = msg[0], msg[1]
     expect(type(kind) is int and REQUEST <= kind <= CREDIT, f"unknown RPC kind {kind!r}")
     expect(type(call_id) is int and 0 <= call_id < 2**63, "bad call id")
-    sizes = {REQUEST: 4, STREAM: 5, RESULT: 3, ERROR: 4, ITEM: 3, END: 2, CANCEL: 2, CREDIT: 3}
-    expect(len(msg) == sizes[kind], f"RPC message of kind {kind} has {len(msg)} fields")
+    expect(len(msg) == _SIZES[kind], f"RPC message of kind {kind} has {len(msg)} fields")
     return kind, call_id
 
 
@@ -153,7 +158,10 @@ class RpcServer:
             try:
                 while True:
                     msg = await channel.receive()
-                    self._dispatch_untrusted(msg, channel, ctx, calls, credits, nursery)
+                    inline = self._dispatch_untrusted(msg, channel, ctx, calls, credits,
+                                                      nursery)
+                    if inline is not None:
+                        await self._run(*inline)
             except ChannelClosed as exc:
                 if not exc.clean:
                     error = exc  # the server counts streams cut short
@@ -167,13 +175,15 @@ class RpcServer:
 
     def _dispatch_untrusted(self, msg: Any, channel: SecureChannel, ctx: CallContext,
                             calls: dict[int, trio.CancelScope],
-                            credits: dict[int, trio.Semaphore], nursery: trio.Nursery) -> None:
+                            credits: dict[int, trio.Semaphore], nursery: trio.Nursery
+                            ) -> tuple[Any, ...] | None:
+        """Start a call, or return the arguments of an inline one for the reader to run."""
         kind, call_id = _check_message_untrusted(msg)
         if kind == CANCEL:
             scope = calls.get(call_id)
             if scope is not None:
                 scope.cancel()
-            return
+            return None
         if kind == CREDIT:
             n = msg[2]
             expect(type(n) is int and 0 < n <= MAX_WINDOW, "bad credit")
@@ -184,7 +194,7 @@ class RpcServer:
                         sem.release()
                 except ValueError:
                     raise BadMessage(f"credit for call {call_id} beyond the window") from None
-            return
+            return None
         expect(kind in (REQUEST, STREAM), f"a caller sent a callee's message (kind {kind})")
         expect(call_id not in calls, f"call id {call_id} is already in flight")
         method_name = msg[2]
@@ -210,7 +220,7 @@ class RpcServer:
                         ctx.peer_id.hex(), method_name, refusal.code, refusal.args[0])
             nursery.start_soon(_send_quietly, channel, [ERROR, call_id, refusal.code,
                                                         refusal.args[0]])
-            return
+            return None
         assert method is not None
         scope = trio.CancelScope()
         calls[call_id] = scope
@@ -219,8 +229,11 @@ class RpcServer:
             window = msg[4]
             expect(type(window) is int and 0 < window <= MAX_WINDOW, "bad window")
             sem = credits[call_id] = trio.Semaphore(window, max_value=MAX_WINDOW)
-        nursery.start_soon(self._run, channel, ctx, call_id, method_name, method, msg[3],
-                           scope, sem, calls, credits)
+        run = (channel, ctx, call_id, method_name, method, msg[3], scope, sem, calls, credits)
+        if method.inline and sem is None:
+            return run  # the reader runs it itself: no task for a call that answers at once
+        nursery.start_soon(self._run, *run)
+        return None
 
     async def _run(self, channel: SecureChannel, ctx: CallContext, call_id: int, name: str,
                    method: Method, args: Any, scope: trio.CancelScope,
@@ -375,7 +388,11 @@ class RpcClient:
     async def call(self, method: str, args: Any = None, *,
                    timeout: float | None = None) -> Any:  # noqa: ASYNC109 (per-call timeout)
         """Call ``method``; its result, or RpcError (CallTimeout, Unavailable, ...)."""
-        async with self._slots:
+        try:
+            self._slots.acquire_nowait()  # the common case, without a trip to the scheduler
+        except trio.WouldBlock:
+            await self._slots.acquire()
+        try:
             call_id, call = self._start()
             completed = False
             try:
@@ -392,6 +409,8 @@ class RpcClient:
                 self._calls.pop(call_id, None)
                 if not completed and self.closed is None:
                     await self._cancel(call_id)
+        finally:
+            self._slots.release()
         ok, value = call.outcome
         if not ok:
             raise value

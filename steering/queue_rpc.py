@@ -25,10 +25,10 @@ def queue_methods(q: QueueNode) -> dict[str, Method]:
         "queue.accept": Method(bind(_accept), access="node"),
         "queue.create": Method(bind(_create), access="node"),
         "queue.claim": Method(bind(_claim), access="node"),
-        "queue.heartbeat": Method(bind(_heartbeat), access="node"),
+        "queue.heartbeat": Method(bind(_heartbeat), access="node", inline=True),
         "queue.report": Method(bind(_report), access="node"),
         "queue.cancel": Method(bind(_cancel), access="node"),
-        "queue.get": Method(bind(_get)),
+        "queue.get": Method(bind(_get), inline=True),
         "queue.list": Method(bind(_list)),
     }
 

@@ -80,7 +80,7 @@ class Counting:
 
 COUNTING = Counting()
 METHODS = {
-    "echo": Method(echo),
+    "echo": Method(echo, inline=True),
     "whoami": Method(whoami),
     "slow": Method(slow),
     "fail": Method(fail),
