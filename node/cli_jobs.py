@@ -173,6 +173,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 # -- reading -----------------------------------------------------------------------
 
 
+def _job_arg(text: str) -> bytes:
+    try:
+        return parse_job_id(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def record_view(rec: JobRecord) -> dict[str, Any]:
     spec = rec.job.spec
     f = rec.failure
@@ -197,10 +204,7 @@ def _when(t: float) -> str:
 
 
 def job_status(args: argparse.Namespace) -> int:
-    try:
-        job_id = parse_job_id(args.job)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    job_id = _job_arg(args.job)
     rec = remote(args, lambda c: c.job(job_id))
     v = record_view(rec)
     lines = [f"job      {v['id']}{'  (' + v['name'] + ')' if v['name'] else ''}",
@@ -234,10 +238,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    try:
-        job_id = parse_job_id(args.job)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    job_id = _job_arg(args.job)
     out = sys.stdout.buffer
 
     async def go(client: Client) -> None:
@@ -252,10 +253,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    try:
-        ident = parse_job_id(args.job)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    ident = _job_arg(args.job)
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be positive")
 
@@ -279,10 +277,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    try:
-        ident = parse_job_id(args.job)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    ident = _job_arg(args.job)
 
     async def go(client: Client) -> dict[str, str]:
         out = {}

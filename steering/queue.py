@@ -76,6 +76,22 @@ class Membership(Protocol):
     def capacities(self) -> list[Capacity]: ...
 
 
+async def call_member(membership: Membership, pool: RpcPool, member: bytes, method: str,
+                      args: Any) -> Any:
+    """Call a queue node, bounded by CALL_TIMEOUT; note whether it answered."""
+    address = membership.queue_nodes().get(member)
+    if address is None:
+        raise RpcError("unavailable", f"queue node {member.hex()} is not known")
+    try:
+        answer = await pool.call(address[0], address[1], method, args, expect_id=member,
+                                 timeout=CALL_TIMEOUT)
+    except RpcError:
+        membership.note(member, False)
+        raise
+    membership.note(member, True)
+    return answer
+
+
 @dataclass
 class QueueConfig:
     r: int = DEFAULT_R
@@ -155,17 +171,7 @@ class QueueNode:
     # -- talking to the home set ---------------------------------------------
 
     async def _call(self, member: bytes, method: str, args: Any) -> Any:
-        address = self.membership.queue_nodes().get(member)
-        if address is None:
-            raise RpcError("unavailable", f"queue node {member.hex()} is not known")
-        try:
-            answer = await self.pool.call(address[0], address[1], method, args,
-                                          expect_id=member, timeout=CALL_TIMEOUT)
-        except RpcError:
-            self.membership.note(member, False)
-            raise
-        self.membership.note(member, True)
-        return answer
+        return await call_member(self.membership, self.pool, member, method, args)
 
     async def _fan_out(self, per_member: dict[bytes, list[Any]],
                        local: Callable[[list[Any]], Awaitable[list[Any]]], method: str,

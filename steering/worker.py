@@ -21,7 +21,7 @@ import trio
 
 from overlay import BadMessage, GridInfo, RpcError, RpcPool
 
-from .queue import CALL_TIMEOUT, Membership, log
+from .queue import Membership, call_member, log
 from .record import Failure, JobRecord
 
 logger = logging.getLogger("gridnode.worker")
@@ -71,17 +71,7 @@ class Worker:
         self._wake.set()
 
     async def _call(self, member: bytes, method: str, args: Any) -> Any:
-        address = self.membership.queue_nodes().get(member)
-        if address is None:
-            raise RpcError("unavailable", f"queue node {member.hex()} is not known")
-        try:
-            answer = await self.pool.call(address[0], address[1], method, args,
-                                          expect_id=member, timeout=CALL_TIMEOUT)
-        except RpcError:
-            self.membership.note(member, False)
-            raise
-        self.membership.note(member, True)
-        return answer
+        return await call_member(self.membership, self.pool, member, method, args)
 
     # -- pulling ------------------------------------------------------------
 
