@@ -179,6 +179,31 @@ class _Proc:
         return self.state in "ZXx"
 
 
+def _descendants() -> list[int]:
+    """This process's descendants: the children of each of its threads, recursively.
+
+    A job's processes are all among them (the node started the job's leader and is
+    the subreaper of whatever the job leaves behind), so this reads a few entries of
+    procfs per running job instead of one per process of the machine."""
+    out: list[int] = []
+    stack = [os.getpid()]
+    while stack:
+        pid = stack.pop()
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # gone meanwhile
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            out += kids
+            stack += kids
+    return out
+
+
 def _scan_proc(leaders: set[int]) -> dict[int, list[_Proc]]:
     """The processes of each job (by leader pid): those in its process group or session.
 
@@ -187,22 +212,19 @@ def _scan_proc(leaders: set[int]) -> dict[int, list[_Proc]]:
     found: dict[int, list[_Proc]] = {pid: [] for pid in leaders}
     if not leaders:
         return found
-    with os.scandir("/proc") as entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    data = f.read()
-                # "pid (comm) state ppid pgrp session ..."; comm may hold anything.
-                rest = data[data.rindex(b")") + 2:].split()
-                proc = _Proc(int(entry.name), int(rest[1]), rest[0].decode(), int(rest[2]),
-                             int(rest[3]), int(rest[21]))
-            except (OSError, ValueError, IndexError):
-                continue  # gone meanwhile, or not a process
-            key = proc.pgid if proc.pgid in leaders else proc.sid
-            if key in found:
-                found[key].append(proc)
+    for pid in _descendants():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+            # "pid (comm) state ppid pgrp session ..."; comm may hold anything.
+            rest = data[data.rindex(b")") + 2:].split()
+            proc = _Proc(pid, int(rest[1]), rest[0].decode(), int(rest[2]),
+                         int(rest[3]), int(rest[21]))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        key = proc.pgid if proc.pgid in leaders else proc.sid
+        if key in found:
+            found[key].append(proc)
     return found
 
 

@@ -78,11 +78,53 @@ class Entry:
     spec: JobSpec = field(compare=False)
 
 
+class _UserJobs:
+    """One user's jobs at one priority, oldest first, from ``head`` on.
+
+    Claims take the oldest jobs, so removing the job at ``head`` only moves
+    ``head`` (the dead prefix is cut off once it is half the list); keys are
+    plain tuples, compared in C by ``bisect``."""
+
+    __slots__ = ("keys", "entries", "head")
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, bytes]] = []
+        self.entries: list[Entry] = []
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.entries) - self.head
+
+    def add(self, entry: Entry) -> None:
+        key = (entry.submitted, entry.job_id)
+        i = bisect.bisect_left(self.keys, key, self.head)
+        self.keys.insert(i, key)
+        self.entries.insert(i, entry)
+
+    def remove(self, entry: Entry) -> None:
+        key = (entry.submitted, entry.job_id)
+        i = bisect.bisect_left(self.keys, key, self.head)
+        if i >= len(self.keys) or self.keys[i] != key:  # pragma: no cover - our bug
+            raise KeyError(entry.job_id)
+        if i == self.head:
+            self.head += 1
+            if self.head > 64 and 2 * self.head > len(self.entries):
+                del self.keys[:self.head]
+                del self.entries[:self.head]
+                self.head = 0
+        else:
+            del self.keys[i]
+            del self.entries[i]
+
+    def window(self, n: int) -> list[Entry]:
+        return self.entries[self.head:self.head + n]
+
+
 class MatchQueue:
     """The activated jobs one queue node may hand out."""
 
     def __init__(self) -> None:
-        self._by_priority: dict[int, dict[bytes, list[Entry]]] = {}
+        self._by_priority: dict[int, dict[bytes, _UserJobs]] = {}
         self._entries: dict[bytes, Entry] = {}
 
     def __len__(self) -> int:
@@ -99,7 +141,10 @@ class MatchQueue:
             return
         self._entries[entry.job_id] = entry
         users = self._by_priority.setdefault(entry.priority, {})
-        bisect.insort(users.setdefault(entry.user, []), entry)
+        jobs = users.get(entry.user)
+        if jobs is None:
+            jobs = users[entry.user] = _UserJobs()
+        jobs.add(entry)
 
     def remove(self, job_id: bytes) -> None:
         entry = self._entries.pop(job_id, None)
@@ -107,12 +152,8 @@ class MatchQueue:
             return
         users = self._by_priority[entry.priority]
         jobs = users[entry.user]
-        i = bisect.bisect_left(jobs, entry)
-        if i < len(jobs) and jobs[i].job_id == job_id:
-            del jobs[i]
-        else:  # pragma: no cover - the index and the list disagree: our bug
-            jobs.remove(entry)
-        if not jobs:
+        jobs.remove(entry)
+        if not len(jobs):
             del users[entry.user]
             if not users:
                 del self._by_priority[entry.priority]
@@ -133,7 +174,7 @@ class MatchQueue:
                 for user, jobs in users.items():
                     if user in exhausted:
                         continue
-                    window = jobs[:SCAN_PER_USER + len(taken)]
+                    window = jobs.window(SCAN_PER_USER + len(taken))
                     head = next((e for e in window if e.job_id not in taken
                                  and fits(e.spec, site=offer.site, labels=offer.labels,
                                           cores=cores, memory_mb=memory, disk_mb=disk)), None)

@@ -35,7 +35,7 @@ from .homeset import (
     on_accept,
     on_prepare,
 )
-from .job import SignedJob
+from .job import SignedJob, job_id_of
 from .matching import Capacity, Entry, MatchQueue, Offer, schedulable
 from .record import (
     Event,
@@ -128,6 +128,13 @@ class QueueNode:
     @property
     def me(self) -> bytes:
         return self.membership.me
+
+    def known_job(self, raw: bytes) -> SignedJob | None:
+        """The checked job we hold with exactly these signed bytes (its id is their
+        hash), so that a record written again need not be verified again."""
+        slot = self.slots.get(job_id_of(raw))
+        job = slot.record.job if slot is not None and slot.record is not None else None
+        return job if job is not None and job.raw == raw else None
 
     # -- members: prepare and accept ---------------------------------------
 
@@ -528,7 +535,8 @@ class QueueNode:
 
         # And the members of the home sets we lead, for repair.
         for j in self.leading:
-            rec = self.slots[j].record
+            slot = self.slots.get(j)  # a new job's first write may still be on its way
+            rec = slot.record if slot is not None else None
             if rec is not None and not rec.final:
                 ahead.update(m for m in rec.home if m != self.me)
 

@@ -51,7 +51,7 @@ async def _accept(q: QueueNode, ctx: CallContext, args: Any) -> list[bool]:
         if not (isinstance(e, list) and len(e) == 2 and _uint(e[0])):
             raise bad_request("accept entries are [ballot, record]")
         try:
-            rec = JobRecord.from_wire_untrusted(e[1], q.grid)
+            rec = JobRecord.from_wire_untrusted(e[1], q.grid, known=q.known_job)
         except BadMessage as exc:
             raise bad_request(f"bad record: {exc}") from None
         if ctx.peer_id not in rec.home:

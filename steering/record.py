@@ -28,6 +28,7 @@ so a job has exactly one final state (G2).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -122,13 +123,18 @@ class JobRecord:
                 self.version]
 
     @classmethod
-    def from_wire_untrusted(cls, data: Any, grid: GridInfo, *,
-                            stored: bool = False) -> JobRecord:
-        """Decode a record from a peer (or, ``stored``, from our own state file)."""
+    def from_wire_untrusted(cls, data: Any, grid: GridInfo, *, stored: bool = False,
+                            known: Callable[[bytes], SignedJob | None] | None = None
+                            ) -> JobRecord:
+        """Decode a record from a peer (or, ``stored``, from our own state file).
+
+        ``known`` returns the checked job for signed bytes we already hold, if any."""
         expect(isinstance(data, list) and len(data) == 8, "bad job record")
         raw, home, state, attempt, lease, history, failure, version = data
         expect(isinstance(raw, bytes), "bad job bytes")
-        job = SignedJob.from_bytes_untrusted(raw, grid, verify=not stored)
+        job = known(raw) if known is not None else None
+        if job is None:
+            job = SignedJob.from_bytes_untrusted(raw, grid, verify=not stored)
         expect(isinstance(home, list) and 0 < len(home) <= 16 and all(
             isinstance(h, bytes) and len(h) == 20 for h in home), "bad home set")
         expect(state in STATES, f"bad state {state!r}")

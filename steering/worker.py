@@ -36,6 +36,7 @@ class Held:
     primary: bytes
     epoch: int
     done: bool = False
+    ended: bool = False  # its processes are gone and its slots free: only the report is left
 
 
 RunJob = Callable[[JobRecord], Awaitable[tuple[bool, Failure | None]]]
@@ -62,6 +63,8 @@ class Worker:
         """What is left of the offer after the jobs we hold (running or about to)."""
         cores, memory, disk = self.capacity()
         for h in self.held.values():
+            if h.ended:
+                continue
             spec = h.record.job.spec
             cores, memory, disk = cores - spec.cores, memory - spec.memory_mb, disk - spec.disk_mb
         return cores, memory, disk
@@ -132,6 +135,8 @@ class Worker:
                 logger.exception("worker.run_failed job=%s reason=the executor refused it; "
                                  "its lease will expire and it is requeued", job_id.hex())
                 return
+            held.ended = True
+            self.wake()  # its slots are free: claim the next job while this one reports
             if not held.done:  # not taken away from us meanwhile
                 await self._report(held, ok, failure)
         finally:
