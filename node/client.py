@@ -212,13 +212,27 @@ class Client:
         return str(await self.call("job.cancel", {"job": job_id}, timeout=60))
 
     async def wait(self, ident: bytes, *, poll: float = 0.5) -> list[JobRecord]:
-        """Wait until every job of ``ident`` (a job or a task) is final."""
+        """Wait until every job of ``ident`` (a job or a task) is final.
+
+        A task is watched by asking for its jobs that are not final yet (a
+        listing is capped in size, so never "all jobs, then check")."""
+        records = await self.resolve(ident)
         while True:
-            records = await self.resolve(ident)
-            if all(r.state in FINAL for r in records):
-                return records
+            if len(records) == 1 and records[0].job_id == ident:
+                if records[0].state in FINAL:
+                    return records
+            else:
+                pending = False
+                for state in ("defined", "activated", "running", "transferring"):
+                    if await self.jobs(task=ident.hex(), state=state, limit=1):
+                        pending = True
+                        break
+                if not pending:
+                    return await self.jobs(task=ident.hex(), limit=100_000)
             await trio.sleep(poll)
             poll = min(poll * 1.5, 5.0)
+            if len(records) == 1 and records[0].job_id == ident:
+                records = [await self.job(ident)]
 
     @asynccontextmanager
     async def logs(self, job_id: bytes, *, stream: str = "stdout", follow: bool = False,

@@ -45,6 +45,10 @@ READ_SIZE = 256 * 1024
 IDLE_READ_SIZE = 64 * 1024
 
 
+class MessageTooLarge(ValueError):
+    """Our message would not fit in one frame (our side's problem, not the peer's)."""
+
+
 class ChannelClosed(Exception):
     """The connection ended: the peer closed it, it broke, or we closed it.
 
@@ -78,7 +82,7 @@ class SecureChannel:
         self._session = session
         self._reader = reader
         self._reader.max_frame = session.max_frame + ABYTES
-        self._out, self._out_recv = trio.open_memory_channel[tuple[Any, bool]](SEND_QUEUE)
+        self._out, self._out_recv = trio.open_memory_channel[tuple[bytes, bool]](SEND_QUEUE)
         self.closed = False
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -89,11 +93,18 @@ class SecureChannel:
         return self._session.max_frame
 
     async def send(self, message: Any) -> None:
-        """Queue a message; waits while the queue is full (the peer reads slowly)."""
+        """Queue a message; waits while the queue is full (the peer reads slowly).
+
+        A message bigger than the frame cap raises MessageTooLarge here, in the
+        sender's task: the caller splits it or answers with an error."""
         if self.closed:
             raise ChannelClosed("channel is closed")
+        data = packb(message)
+        if len(data) > self._session.max_frame:
+            raise MessageTooLarge(f"a message of {len(data)} bytes exceeds the frame cap of "
+                                  f"{self._session.max_frame}")
         try:
-            await self._out.send((message, False))
+            await self._out.send((data, False))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ChannelClosed("channel is closed") from None
 
@@ -126,14 +137,14 @@ class SecureChannel:
 
     async def _write(self) -> None:
         try:
-            async for message, final in self._out_recv:
-                batch = [frame(self._session.encrypt(packb(message), final=final))]
+            async for message, final in self._out_recv:  # packed bytes
+                batch = [frame(self._session.encrypt(message, final=final))]
                 while not final and sum(map(len, batch)) < READ_SIZE:
                     try:
                         message, final = self._out_recv.receive_nowait()
                     except trio.WouldBlock:
                         break
-                    batch.append(frame(self._session.encrypt(packb(message), final=final)))
+                    batch.append(frame(self._session.encrypt(message, final=final)))
                 data = b"".join(batch)
                 await self._stream.send_all(data)
                 self.bytes_sent += len(data)
@@ -152,7 +163,7 @@ class SecureChannel:
             with trio.move_on_after(1) as cs:
                 cs.shield = True
                 try:
-                    await self._out.send((None, True))
+                    await self._out.send((packb(None), True))
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     pass
         self._out.close()

@@ -37,7 +37,7 @@ import trio
 from ._errors import BadMessage
 from ._wire import expect
 from .certs import Certificate
-from .channel import ChannelClosed, Credentials, SecureChannel, open_channel
+from .channel import ChannelClosed, Credentials, MessageTooLarge, SecureChannel, open_channel
 
 logger = logging.getLogger("gridnode.rpc")
 
@@ -254,6 +254,11 @@ class RpcServer:
                 except RpcError as exc:
                     self._count("calls_failed")
                     await channel.send([ERROR, call_id, exc.code, str(exc.args[0])])
+                except MessageTooLarge as exc:
+                    self._count("calls_failed")
+                    await channel.send([ERROR, call_id, "too_large",
+                                        f"the answer to {name} is too large ({exc}); "
+                                        f"ask for less"])
                 except ChannelClosed:
                     pass
                 except Exception:
@@ -405,6 +410,10 @@ class RpcClient:
                                       f"{timeout} s")
             except ChannelClosed:
                 raise Unavailable(self.closed or "connection closed") from None
+            except MessageTooLarge as exc:
+                completed = True  # nothing was sent
+                raise RpcError("too_large", f"the request for {method} is too large: {exc}"
+                               ) from None
             finally:
                 self._calls.pop(call_id, None)
                 if not completed and self.closed is None:

@@ -21,7 +21,7 @@ from overlay import BadMessage, CallContext, Method, RpcError, bad_request
 from .homeset import home_set
 from .job import SignedJob
 from .queue import MAX_BATCH, QueueNode, log
-from .record import JobRecord
+from .record import JobRecord, within_budget
 
 logger = logging.getLogger("gridnode.jobs")
 
@@ -196,8 +196,8 @@ class JobService:
                 raise bad_request(f"{name} must be a string")
         if user is not None and not isinstance(user, str | bytes):
             raise bad_request("user must be a name or an id")
-        return [r.to_wire() for r in await self.list_jobs(state=state, user=user, task=task,
-                                                        limit=limit)]
+        found = await self.list_jobs(state=state, user=user, task=task, limit=limit)
+        return [r.to_wire() for r in within_budget(found)]
 
     # -- cancel -----------------------------------------------------------------
 

@@ -598,6 +598,9 @@ class QueueNode:
                 await self.fail_unschedulable()
             except (RpcError, BadMessage) as exc:  # a round failed: the next one retries
                 log("queue.round_failed", logging.WARNING, reason=str(exc))
+            except Exception:  # a bug: logged with its traceback, the node keeps serving
+                self.counters["round_errors"] += 1
+                logger.exception("queue.round_failed reason=a bug in the queue's round")
             await trio.sleep(min(self.config.takeover_interval,
                                  self.config.lease_duration / 4))
 

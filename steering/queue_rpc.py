@@ -9,7 +9,7 @@ from overlay import BadMessage, CallContext, Method, RpcError, bad_request
 from .job import SignedJob
 from .matching import Offer
 from .queue import MAX_BATCH, QueueNode
-from .record import Failure, JobRecord
+from .record import Failure, JobRecord, within_budget
 
 
 def queue_methods(q: QueueNode) -> dict[str, Method]:
@@ -128,7 +128,7 @@ async def _list(q: QueueNode, ctx: CallContext, args: Any) -> list[Any]:
     if not (_uint(limit) and limit <= 100_000):
         raise bad_request("limit must be 0-100000")
     return [[ballot, rec.to_wire()] for ballot, rec in
-            q.list_local(state=state, user=user, task=task, limit=limit)]
+            within_budget(q.list_local(state=state, user=user, task=task, limit=limit))]
 
 
 def _is_id(x: Any) -> bool:

@@ -168,6 +168,21 @@ class JobRecord:
         return cls(job, tuple(home), state, attempt, lease_v, tuple(events), failure_v, version)
 
 
+# A listing answers with at most this many bytes of records (a frame is 1 MiB).
+LIST_BUDGET = 512 * 1024
+
+
+def within_budget(records: list[Any], budget: int = LIST_BUDGET) -> list[Any]:
+    """The first records whose wire size (estimated) fits ``budget``."""
+    used = 0
+    for i, rec in enumerate(records):
+        r = rec[-1] if isinstance(rec, tuple) else rec
+        used += len(r.job.raw) + 120 * (len(r.history) + 2)
+        if used > budget:
+            return records[:i]
+    return records
+
+
 def _uint(x: Any) -> bool:
     return type(x) is int and 0 <= x < 2**63
 

@@ -60,6 +60,10 @@ async def bug(ctx: CallContext, args: Any) -> Any:
     return 1 / 0
 
 
+async def big(ctx: CallContext, args: Any) -> Any:
+    return b"x" * args
+
+
 class Counting:
     """A stream whose progress the test can watch."""
 
@@ -85,6 +89,7 @@ METHODS = {
     "slow": Method(slow),
     "fail": Method(fail),
     "bug": Method(bug),
+    "big": Method(big),
     "act": Method(echo, access="user"),
     "admin": Method(echo, access="admin"),
     "count": Method(COUNTING, streaming=True),
@@ -382,3 +387,15 @@ async def test_truncated_frames_and_streams_are_counted() -> None:
                 await trio.sleep(0.01)
     assert server.counters["frames_refused"] == 1
     assert server.counters["streams_truncated"] == 1
+
+
+async def test_answers_and_requests_over_the_frame_cap_are_typed_errors() -> None:
+    async with serving() as (server, port), open_rpc("127.0.0.1", port, creds(4)) as c:
+        with pytest.raises(RpcError) as err:
+            await c.call("big", 2 * 1024 * 1024)
+        assert err.value.code == "too_large"
+        with pytest.raises(RpcError) as err:
+            await c.call("echo", b"y" * (2 * 1024 * 1024))
+        assert err.value.code == "too_large"
+        assert len(await c.call("big", 1000)) == 1000  # both ends still fine
+    assert server.counters["calls_failed"] == 1
