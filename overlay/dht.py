@@ -68,6 +68,8 @@ RECORDS_BUDGET = MAX_DATAGRAM - 2048  # room left for the envelope and neighbour
 MAX_PAGES = 64
 MAX_COOKIES = 16384
 RECEIVE_BURST = 64
+# A cookie from a peer is used this long (its issuer accepts it for 120-240 s).
+COOKIE_FRESH = 100.0
 # Without a cookie for an address, requests are padded to this size so that
 # a find_node answer (20 IPv4 contacts and a cookie) may come back at once.
 PAD_UNPROVED = 1200
@@ -123,7 +125,8 @@ class GridDht:
         self._background: trio.Nursery | None = None
         self._rechecking: set[bytes] = set()
         # Cookies that other nodes gave us, sent along so they answer at once.
-        self._cookies: OrderedDict[Address, bytes] = OrderedDict()
+        # Cookies peers gave us, with when (trio clock) we got them.
+        self._cookies: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()
         self._handlers: dict[str, Callable[[Request, Address], Any]] = {
             "ping": self._rpc_ping,
             "find_node": self._rpc_find_node,
@@ -281,7 +284,7 @@ class GridDht:
     async def call(self, addr: Address, method: str, args: list[Any], *,
                    expect_id: bytes | None = None) -> tuple[bytes, Any] | None:
         """Ask ``addr``; return (responder id, result), or None on failure or timeout."""
-        cookie = self._cookies.get(addr, b"")
+        cookie = self._cookie_for(addr)
         for _attempt in range(2):
             msg_id = new_msg_id()
             data = encode_request(self.key.signing_key, self.cert, msg_id, _now_ms(), method,
@@ -340,7 +343,7 @@ class GridDht:
                     then: Callable[[Outcome], None]) -> None:
         """Ask ``addr`` as ``call`` does; ``then`` gets the outcome.  Only while serving."""
         call = Call(addr, then=then, method=method, args=args, expect_id=expect_id)
-        self._send_call(call, self._cookies.get(addr, b""))
+        self._send_call(call, self._cookie_for(addr))
 
     def _send_call(self, call: Call, cookie: bytes) -> None:
         sock = self._sock
@@ -376,8 +379,21 @@ class GridDht:
         finally:
             self._rechecking.discard(node_id)
 
+    def _cookie_for(self, addr: Address) -> bytes:
+        """A cookie the peer still accepts, or b"" (then the request is padded).
+
+        A peer accepts its cookie in the time slot it was issued and the next
+        (2-4 min, ``AddressBook.SLOT``): one younger than a slot always holds."""
+        entry = self._cookies.get(addr)
+        if entry is None:
+            return b""
+        if trio.current_time() - entry[1] >= COOKIE_FRESH:
+            del self._cookies[addr]
+            return b""
+        return entry[0]
+
     def _remember_cookie(self, addr: Address, cookie: bytes) -> bytes:
-        self._cookies[addr] = cookie
+        self._cookies[addr] = (cookie, trio.current_time())
         self._cookies.move_to_end(addr)
         while len(self._cookies) > MAX_COOKIES:
             self._cookies.popitem(last=False)

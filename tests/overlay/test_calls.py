@@ -162,3 +162,17 @@ async def test_a_lookup_of_a_node_that_is_not_serving_still_ends():
             idle._sock.close()
         assert result.nodes == []  # nobody's answer is read while not serving
         nursery.cancel_scope.cancel()
+
+
+async def test_a_cookie_is_dropped_before_its_issuer_stops_accepting_it(autojump_clock):
+    async with trio.open_nursery() as nursery:
+        grid = new_grid(nursery)
+        key, cert = grid.member("cookies")
+        node = GridDht(key, cert, grid.info)
+        addr = ("127.0.0.1", 9)
+        node._remember_cookie(addr, b"c" * 16)
+        await trio.sleep(60)
+        assert node._cookie_for(addr) == b"c" * 16
+        await trio.sleep(60)  # 120 s: the issuer may already be two slots on
+        assert node._cookie_for(addr) == b""  # so the next request is padded instead
+        nursery.cancel_scope.cancel()
