@@ -143,14 +143,18 @@ class JobService:
             return None
         return answer[0], rec.version, rec
 
-    async def _get(self, ctx: CallContext, args: Any) -> Any:
+    async def _find_arg(self, args: Any, what: str) -> JobRecord:
+        """The record of ``{job: id}``; bad_request or not_found otherwise."""
         if not (isinstance(args, dict) and isinstance(args.get("job"), bytes)
                 and len(args["job"]) == 20):
-            raise bad_request("get takes {job: 20-byte id}")
+            raise bad_request(f"{what} takes {{job: 20-byte id}}")
         rec = await self.find(args["job"])
         if rec is None:
             raise RpcError("not_found", f"no job {args['job'].hex()} in this grid")
-        return rec.to_wire()
+        return rec
+
+    async def _get(self, ctx: CallContext, args: Any) -> Any:
+        return (await self._find_arg(args, "get")).to_wire()
 
     async def list_jobs(self, *, state: str | None = None, user: Any = None,
                    task: str | None = None, limit: int = 1000) -> list[JobRecord]:
@@ -202,12 +206,7 @@ class JobService:
     # -- cancel -----------------------------------------------------------------
 
     async def _cancel(self, ctx: CallContext, args: Any) -> str:
-        if not (isinstance(args, dict) and isinstance(args.get("job"), bytes)
-                and len(args["job"]) == 20):
-            raise bad_request("cancel takes {job: 20-byte id}")
-        rec = await self.find(args["job"])
-        if rec is None:
-            raise RpcError("not_found", f"no job {args['job'].hex()} in this grid")
+        rec = await self._find_arg(args, "cancel")
         admin = ctx.peer.kind == "user" and "admin" in ctx.peer.roles
         if rec.job.user_id != ctx.peer_id and not admin:
             raise RpcError("forbidden", f"job {rec.job.hex_id} belongs to {rec.job.user.name}; "
