@@ -179,8 +179,9 @@ class _Proc:
         return self.state in "ZXx"
 
 
-def _descendants() -> list[int]:
-    """This process's descendants: the children of each of its threads, recursively.
+def _descendants(skip: frozenset[int] = frozenset()) -> list[int]:
+    """This process's descendants: the children of each of its threads, recursively,
+    leaving out the trees of the pids in ``skip`` (other jobs' leaders).
 
     A job's processes are all among them (the node started the job's leader and is
     the subreaper of whatever the job leaves behind), so this reads a few entries of
@@ -196,7 +197,7 @@ def _descendants() -> list[int]:
         for tid in tids:
             try:
                 with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                    kids = [int(k) for k in f.read().split()]
+                    kids = [k for k in map(int, f.read().split()) if k not in skip]
             except OSError:
                 continue
             out += kids
@@ -204,15 +205,17 @@ def _descendants() -> list[int]:
     return out
 
 
-def _scan_proc(leaders: set[int]) -> dict[int, list[_Proc]]:
-    """The processes of each job (by leader pid): those in its process group or session.
+def _scan_proc(leaders: set[int], skip: frozenset[int] = frozenset()
+               ) -> dict[int, list[_Proc]]:
+    """The processes of each job (by leader pid): those in its process group or session
+    (not looking under the leaders in ``skip``: their trees are their own jobs').
 
     Reads procfs, which never blocks on a disk: cheap enough for the event loop.
     """
     found: dict[int, list[_Proc]] = {pid: [] for pid in leaders}
     if not leaders:
         return found
-    for pid in _descendants():
+    for pid in _descendants(skip):
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
                 data = f.read()
@@ -238,28 +241,15 @@ def _become_subreaper() -> bool:
         return False
 
 
-def _prepare(sandbox: Path, command: str, path: str) -> tuple[str, str] | None:
-    """Create a fresh sandbox and look for the command: None, or (error, diagnosis)."""
-    try:
-        if sandbox.is_symlink() or sandbox.is_file():
-            sandbox.unlink()
-        elif sandbox.exists():
-            shutil.rmtree(sandbox)  # left over from a crash: never reuse it
-        sandbox.parent.mkdir(parents=True, exist_ok=True)
-        sandbox.mkdir(mode=0o700)
-        for stream in STREAMS:  # a job that cannot start still has (empty) logs
-            (sandbox / stream).touch(mode=0o600)
-    except OSError as exc:
-        return "sandbox_failed", f"cannot create sandbox {sandbox}: {exc.strerror or exc}"
-    if "/" in command:
-        if not (sandbox / command).exists():  # relative to the sandbox, as exec sees it
-            return "command_not_found", f"command '{command}' not found"
-    elif shutil.which(command, path=path) is None:
-        return "command_not_found", f"command '{command}' not found in PATH"
-    return None
-
-
-def _open_logs(sandbox: Path) -> tuple[int, int]:
+def _prepare(sandbox: Path) -> tuple[int, int]:
+    """Create a fresh sandbox with empty logs; return the logs' write ends (stdout,
+    stderr). A job that cannot start still has (empty) logs. Raises OSError."""
+    if sandbox.is_symlink() or sandbox.is_file():
+        sandbox.unlink()
+    elif sandbox.exists():
+        shutil.rmtree(sandbox)  # left over from a crash: never reuse it
+    sandbox.parent.mkdir(parents=True, exist_ok=True)
+    sandbox.mkdir(mode=0o700)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     out = os.open(sandbox / "stdout", flags, 0o600)
     try:
@@ -314,6 +304,12 @@ class _Job:
     stopping: bool = False  # a kill was decided, or the leader exited
     exited: bool = False
     max_rss_mb: int = 0
+    stderr_fd: int | None = None  # our copy of the job's stderr: its size without a disk read
+
+    def close_stderr(self) -> None:
+        if self.stderr_fd is not None:
+            os.close(self.stderr_fd)
+            self.stderr_fd = None
 
     def stop(self, error: str, reason: str) -> bool:
         if self.stopping:
@@ -462,25 +458,28 @@ class Executor:
         job.started = time.time()
         env = self._env(job)
         try:
-            failed = await trio.to_thread.run_sync(_prepare, job.sandbox, spec.argv[0],
-                                                   env["PATH"])
-            job.ready = True
-            if failed is None and job.error is not None:
-                failed = job.error, f"cancelled before it started: {job.reason}"
-            if failed is not None:
-                return self._ended(job, failed[0], failed[1], None, None)
-            out, err = _open_logs(job.sandbox)
             try:
+                out, job.stderr_fd = await trio.to_thread.run_sync(_prepare, job.sandbox)
+            except OSError as exc:
+                return self._ended(job, "sandbox_failed", f"cannot create sandbox "
+                                   f"{job.sandbox}: {exc.strerror or exc}", None, None)
+            job.ready = True
+            try:
+                if job.error is not None:
+                    return self._ended(job, job.error,
+                                       f"cancelled before it started: {job.reason}", None, None)
                 # Popen runs in a thread that a cancellation waits for: if the
-                # process starts, it is returned and supervised below.
+                # process starts, it is returned and supervised below.  A missing
+                # command is exec's own error (see _exec_error).
                 job.process = await trio.lowlevel.open_process(
-                    list(spec.argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                    cwd=job.sandbox, env=env, start_new_session=True)
+                    list(spec.argv), stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=job.stderr_fd, cwd=job.sandbox, env=env, start_new_session=True)
             except OSError as exc:
                 return self._ended(job, *self._exec_error(job, exc), None, None)
             finally:
                 os.close(out)
-                os.close(err)
+                if job.process is None:
+                    job.close_stderr()
         except trio.Cancelled:
             self._ended(job, "cancelled", "cancelled before it started", None, None)
             raise
@@ -513,7 +512,8 @@ class Executor:
             if "/" in command and (job.sandbox / command).exists():
                 return "exec_failed", (f"cannot start '{command}': its interpreter "
                                        f"(the #! line) was not found")
-            return "command_not_found", f"command '{command}' not found"
+            return "command_not_found", (f"command '{command}' not found" if "/" in command
+                                         else f"command '{command}' not found in PATH")
         return "exec_failed", f"cannot start '{command}': {exc.strerror or exc}"
 
     async def _supervise(self, job: _Job) -> None:
@@ -540,7 +540,9 @@ class Executor:
         assert job.process is not None
         leader = job.process.pid
         if fresh:
-            return _scan_proc({leader})[leader]
+            others = frozenset(j.process.pid for j in self._jobs.values()
+                               if j.process is not None and j.process.pid != leader)
+            return _scan_proc({leader}, others)[leader]
         # One scan of /proc per poll interval serves every running job.
         now = trio.current_time()
         if now - self._snapshot_at >= self.poll_interval / 2:
@@ -584,13 +586,16 @@ class Executor:
                 except (ProcessLookupError, PermissionError):
                     pass
 
-    async def _wait_gone(self, job: _Job, *, leader_too: bool) -> None:
+    async def _wait_gone(self, job: _Job, *, leader_too: bool,
+                         members: list[_Proc] | None = None) -> None:
         """Wait until the job's processes (but the leader, unless ``leader_too``) are
-        dead, and those re-parented to us reaped."""
+        dead, and those re-parented to us reaped. ``members``: a fresh scan to start
+        from (the common case, a job whose processes are all gone, needs no other)."""
         assert job.process is not None
         me, leader = os.getpid(), job.process.pid
         while True:
-            members = self._members(job, fresh=True)
+            if members is None:
+                members = self._members(job, fresh=True)
             self._reap_orphans(members)
             left = [p for p in members
                     if (p.pid != leader or leader_too)
@@ -598,6 +603,7 @@ class Executor:
             if not left:
                 return
             await trio.sleep(REAP_INTERVAL)
+            members = None
 
     async def _finish(self, job: _Job) -> RunResult:
         """Kill what is left of the job, reap it, build the result. Called shielded."""
@@ -622,7 +628,7 @@ class Executor:
                     reason="processes left running after the job's main process exited")
             self._signal(job, signal.SIGKILL, members)
         with trio.move_on_after(REAP_TIMEOUT) as timeout:
-            await self._wait_gone(job, leader_too=False)
+            await self._wait_gone(job, leader_too=False, members=None if alive else members)
             returncode: int | None = await job.process.wait()
         if timeout.cancelled_caught:
             left = [p.pid for p in self._members(job, fresh=True) if not p.dead]
@@ -635,7 +641,9 @@ class Executor:
             trio.lowlevel.notify_closing(job.pidfd)
             os.close(job.pidfd)
             job.pidfd = None
-        tail = await trio.to_thread.run_sync(_tail, job.sandbox / "stderr")
+        wrote_stderr = job.stderr_fd is None or os.fstat(job.stderr_fd).st_size > 0
+        job.close_stderr()
+        tail = await trio.to_thread.run_sync(_tail, job.sandbox / "stderr") if wrote_stderr else ()
         exit_code = returncode if returncode is not None and returncode >= 0 else None
         sig_num = -returncode if returncode is not None and returncode < 0 else None
         error, diagnosis = job.error, ""
