@@ -131,8 +131,8 @@ from overlay import (  # noqa: E402
     RpcError,
     unpackb_untrusted,
 )
-from steering import FINAL, JobRecord, JobSpec, Offer, QueueConfig, QueueNode, SignedJob  # noqa: E402
-from steering.matching import Capacity  # noqa: E402
+from steering import FINAL, JobRecord, JobSpec, Offer, SignedJob  # noqa: E402
+from steering.solo import solo_queue  # noqa: E402
 
 TARGET_MAKESPAN_RATIO = 2.0
 TARGET_CLAIM_GROWTH = 0.8
@@ -620,39 +620,6 @@ def run_direct(jobs: int, parallel: int) -> dict[str, Any]:
 # -- claims in one process -----------------------------------------------------------------
 
 
-class MemoryStore:
-    """Slots kept only in memory."""
-
-    async def save_slots(self, slots: Iterable[Any]) -> None:
-        pass
-
-
-class NoNetwork:
-    """The pool of a queue node that is alone: nothing may go over the network."""
-
-    async def call(self, *args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("a home set of one member never calls out")
-
-
-@dataclasses.dataclass
-class SoloMembership:
-    """A grid in which this queue node is the only one."""
-
-    me: bytes
-
-    def queue_nodes(self) -> dict[bytes, tuple[str, int]]:
-        return {self.me: ("127.0.0.1", 1)}
-
-    def is_suspect(self, node_id: bytes) -> bool:
-        return False
-
-    def note(self, node_id: bytes, ok: bool) -> None:
-        pass
-
-    def capacities(self) -> list[Capacity]:
-        return [Capacity("bench", CLAIM_CORES, 1 << 20, 1 << 30)]
-
-
 class ClaimBench:
     """One queue node alone, its queue kept at ``size`` activated jobs of one user."""
 
@@ -661,8 +628,7 @@ class ClaimBench:
         self.user, self.cert = user, cert
         me = KeyPair.generate().id
         self.home = (me,)
-        self.queue = QueueNode(grid, SoloMembership(me), NoNetwork(),  # type: ignore[arg-type]
-                               MemoryStore(), QueueConfig(r=1))
+        self.queue = solo_queue(grid, me, cores=CLAIM_CORES)
         self.spec = the_spec()
         self.offer = Offer(worker=b"\x01" * 20, site="bench", cores=CLAIM_CORES,
                            memory_mb=CLAIM_MAX_JOBS * JOB_MEMORY_MB * 4,

@@ -42,6 +42,7 @@ from .record import (
     Failure,
     IllegalTransition,
     JobRecord,
+    Report,
     StaleReport,
     apply,
     check_lease,
@@ -407,27 +408,48 @@ class QueueNode:
             out[j] = lease.epoch
         return out
 
-    async def report(self, worker: bytes, job_id: bytes, attempt: int, epoch: int, ok: bool,
-                     failure: Failure | None) -> str:
-        slot = self.slots.get(job_id)
-        if job_id not in self.leading or slot is None or slot.record is None:
-            return "not_primary"
-        rec = slot.record
-        if rec.final and rec.lease is None and any(e.node == worker for e in rec.history[-1:]):
-            return "ok"  # a retried report that was already recorded
-        try:
-            new = report(rec, worker, attempt, epoch, now=time.time(), ok=ok, failure=failure)
-        except (StaleReport, IllegalTransition) as exc:
-            self.counters["reports_refused"] += 1
-            log("queue.report_refused", logging.WARNING, job=job_id, worker=worker,
-                reason=str(exc))
-            return "stale"
-        [done] = await self._commit([new], "report")
-        if done:
-            self.counters["jobs_finished" if ok else "jobs_failed"] += 1
-            log("job.final", job=job_id, state=new.state, worker=worker,
-                reason=new.history[-1].reason)
-        return "ok" if done else "retry"
+    async def report(self, worker: bytes, reports: list[Report]) -> list[str]:
+        """Record the outcomes a worker reports, all in one write to the home sets.
+
+        Per report: "ok" (recorded, or recorded before), "stale" (the lease is
+        not the worker's any more), "not_primary", or "retry" (no majority yet)."""
+        out: list[str] = []
+        news: list[tuple[int, JobRecord]] = []
+        now = time.time()
+        for r in reports:
+            slot = self.slots.get(r.job_id)
+            if r.job_id not in self.leading or slot is None or slot.record is None:
+                out.append("not_primary")
+                continue
+            rec = slot.record
+            if rec.final and rec.lease is None and any(e.node == worker
+                                                       for e in rec.history[-1:]):
+                out.append("ok")  # a retried report that was already recorded
+                continue
+            if any(new.job_id == r.job_id for _, new in news):
+                out.append("retry")  # the same job twice in one message: the first counts
+                continue
+            try:
+                new = report(rec, worker, r.attempt, r.epoch, now=now, ok=r.ok,
+                             failure=r.failure)
+            except (StaleReport, IllegalTransition) as exc:
+                self.counters["reports_refused"] += 1
+                log("queue.report_refused", logging.WARNING, job=r.job_id, worker=worker,
+                    reason=str(exc))
+                out.append("stale")
+                continue
+            news.append((len(out), new))
+            out.append("retry")
+        if news:
+            oks = await self._commit([new for _, new in news], "report")
+            for (i, new), done in zip(news, oks, strict=True):
+                if done:
+                    out[i] = "ok"
+                    self.counters["jobs_finished" if new.state == "finished"
+                                  else "jobs_failed"] += 1
+                    log("job.final", job=new.job_id, state=new.state, worker=worker,
+                        reason=new.history[-1].reason)
+        return out
 
     async def cancel(self, job_id: bytes, who: str) -> str:
         slot = self.slots.get(job_id)

@@ -9,7 +9,7 @@ from overlay import BadMessage, CallContext, Method, RpcError, bad_request
 from .job import SignedJob
 from .matching import Offer
 from .queue import MAX_BATCH, QueueNode
-from .record import Failure, JobRecord, within_budget
+from .record import Failure, JobRecord, Report, within_budget
 
 
 def queue_methods(q: QueueNode) -> dict[str, Method]:
@@ -93,15 +93,15 @@ async def _heartbeat(q: QueueNode, ctx: CallContext, args: Any) -> dict[bytes, A
     return q.heartbeat(ctx.peer_id, leases)
 
 
-async def _report(q: QueueNode, ctx: CallContext, args: Any) -> str:
-    if not (isinstance(args, dict) and _is_id(args.get("job")) and _uint(args.get("attempt"))
-            and _uint(args.get("epoch")) and isinstance(args.get("ok"), bool)):
-        raise bad_request("report takes {job, attempt, epoch, ok, failure}")
-    failure = None
-    if not args["ok"]:
-        failure = _failure(args.get("failure"), ctx.peer_id)
-    return await q.report(ctx.peer_id, args["job"], args["attempt"], args["epoch"],
-                             args["ok"], failure)
+async def _report(q: QueueNode, ctx: CallContext, args: Any) -> list[str]:
+    reports = []
+    for e in _entries(args):
+        if not (isinstance(e, list) and len(e) == 5 and _is_id(e[0]) and _uint(e[1])
+                and _uint(e[2]) and isinstance(e[3], bool)):
+            raise bad_request("report entries are [job id, attempt, epoch, ok, failure]")
+        failure = None if e[3] else _failure(e[4], ctx.peer_id)
+        reports.append(Report(e[0], e[1], e[2], e[3], failure))
+    return await q.report(ctx.peer_id, reports)
 
 
 async def _cancel(q: QueueNode, ctx: CallContext, args: Any) -> str:

@@ -220,6 +220,17 @@ def new_record(job: SignedJob, home: tuple[bytes, ...], *, now: float, node: byt
 # -- leases --------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Report:
+    """A worker's result for one attempt of a job, as it reaches the job's primary."""
+
+    job_id: bytes
+    attempt: int
+    epoch: int
+    ok: bool
+    failure: Failure | None = None
+
+
 class StaleReport(Exception):
     """A worker's heartbeat or report that no longer matches the job's lease."""
 

@@ -5,7 +5,10 @@ The worker knows the queue nodes from the DHT (the node's peers with the
 ``queue`` role), asks a few of them at a time for as many jobs as its free
 slots take, renews all the leases it holds from one primary in one
 heartbeat, and reports each result to the job's primary — or, when that
-primary is gone, to the home member that took over.  A heartbeat answer
+primary is gone, to the home member that took over.  Reports bound for one
+queue node while a message to it is on its way go together in the next one
+(group commit, as the state file does), so a busy worker sends one report
+message per round trip, not one per job.  A heartbeat answer
 ``stale`` or ``cancelled`` kills the job's processes.
 """
 
@@ -21,7 +24,7 @@ import trio
 
 from overlay import BadMessage, GridInfo, RpcError, RpcPool
 
-from .queue import Membership, call_member, log
+from .queue import MAX_BATCH, Membership, call_member, log
 from .record import Failure, JobRecord
 
 logger = logging.getLogger("gridnode.worker")
@@ -43,6 +46,15 @@ RunJob = Callable[[JobRecord], Awaitable[tuple[bool, Failure | None]]]
 
 
 @dataclass
+class _Outgoing:
+    """A report waiting for the next message to its queue node, then for the answer."""
+
+    entry: list[Any]
+    answer: str | None = None
+    sent: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
 class Worker:
     grid: GridInfo
     membership: Membership
@@ -58,6 +70,8 @@ class Worker:
         "claims": 0, "jobs_claimed": 0, "jobs_reported": 0, "reports_refused": 0,
         "leases_lost": 0, "heartbeats": 0})
     _wake: trio.Event = field(default_factory=trio.Event)
+    _nursery: trio.Nursery | None = None
+    _outbox: dict[bytes, list[_Outgoing]] = field(default_factory=dict)
 
     def free(self) -> tuple[int, int, int]:
         """What is left of the offer after the jobs we hold (running or about to)."""
@@ -81,6 +95,7 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._heartbeats)
             task_status.started()
             idle = 0.05
@@ -145,21 +160,18 @@ class Worker:
 
     async def _report(self, held: Held, ok: bool, failure: Failure | None) -> None:
         rec = held.record
-        args: dict[str, Any] = {"job": rec.job_id, "attempt": rec.attempt, "ok": ok}
+        wire = None
         if failure is not None:
-            args["failure"] = {"code": failure.code, "diagnosis": failure.diagnosis,
-                               "exit_code": failure.exit_code, "signal": failure.signal,
-                               "stderr_tail": list(failure.stderr_tail)}
+            wire = {"code": failure.code, "diagnosis": failure.diagnosis,
+                    "exit_code": failure.exit_code, "signal": failure.signal,
+                    "stderr_tail": list(failure.stderr_tail)}
         delay = 0.2
         with trio.move_on_after(rec.lease.duration if rec.lease else 60):
             while True:
                 targets = [held.primary] + [m for m in rec.home if m != held.primary]
                 for target in targets:
-                    try:
-                        answer = await self._call(target, "queue.report",
-                                                  {**args, "epoch": held.epoch})
-                    except RpcError:
-                        continue
+                    answer = await self._send_report(
+                        target, [rec.job_id, rec.attempt, held.epoch, ok, wire])
                     if answer == "ok":
                         self.counters["jobs_reported"] += 1
                         return
@@ -168,14 +180,47 @@ class Worker:
                         log("worker.report_refused", logging.WARNING, job=rec.job_id,
                             reason="the lease is no longer ours (expired or taken over)")
                         return
-                    if answer == "not_primary":
-                        continue
-                    # "retry": the primary could not reach a majority yet
+                    # "not_primary", no answer, or "retry": the primary could not
+                    # reach a majority yet
                 await self._refresh_epoch(held)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 5)
         log("worker.report_lost", logging.WARNING, job=rec.job_id,
             reason="no home member took the report before the lease ran out")
+
+    async def _send_report(self, target: bytes, entry: list[Any]) -> str | None:
+        """The answer of ``target`` to one report, sent with whatever other reports
+        for it are waiting; None when it could not be asked."""
+        out = _Outgoing(entry)
+        waiting = self._outbox.setdefault(target, [])
+        waiting.append(out)
+        if len(waiting) == 1:  # no message to it is being sent: this task sends them
+            assert self._nursery is not None
+            self._nursery.start_soon(self._flush_reports, target)
+        await out.sent.wait()
+        return out.answer
+
+    async def _flush_reports(self, target: bytes) -> None:
+        waiting = self._outbox[target]
+        try:
+            while waiting:
+                batch = waiting[:MAX_BATCH]
+                try:
+                    answer = await self._call(target, "queue.report",
+                                              {"entries": [o.entry for o in batch]})
+                except RpcError as exc:
+                    log("worker.report_failed", logging.DEBUG, queue=target, reason=str(exc))
+                    answer = None
+                if not (isinstance(answer, list) and len(answer) == len(batch)):
+                    answer = [None] * len(batch)
+                for o, a in zip(batch, answer, strict=True):
+                    o.answer = a if isinstance(a, str) else None
+                    o.sent.set()
+                del waiting[:len(batch)]
+        finally:
+            for o in waiting:  # only when cancelled: their tasks are being cancelled too
+                o.sent.set()
+            del self._outbox[target]
 
     # -- heartbeats -----------------------------------------------------------
 

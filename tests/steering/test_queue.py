@@ -1,0 +1,65 @@
+"""The queue node's primary side, alone and in memory: claims and batched reports."""
+
+from __future__ import annotations
+
+from steering import Failure, Offer
+from steering.record import Report
+from steering.solo import solo_queue
+
+from .common import GRID, job
+
+ME = b"\x07" * 20
+WORKER = b"\x01" * 20
+OTHER = b"\x02" * 20
+
+
+async def leased(n: int, worker: bytes = WORKER):
+    q = solo_queue(GRID, ME)
+    jobs = [job(i) for i in range(n)]
+    answer = await q.create(jobs, {j.job_id: (ME,) for j in jobs})
+    assert set(answer.values()) == {"ok"}
+    recs = await q.claim(Offer(worker, "site", cores=n, memory_mb=1 << 20, disk_mb=1 << 30,
+                               max_jobs=n))
+    assert len(recs) == n and all(r.lease.worker == worker for r in recs)
+    return q, recs
+
+
+def report_of(rec, ok=True, **kw):
+    failure = None if ok else Failure("exit_nonzero", "exited with code 3", 3, None, (), WORKER)
+    return Report(rec.job_id, kw.get("attempt", rec.attempt), kw.get("epoch", rec.lease.epoch),
+                  ok, failure)
+
+
+async def test_one_message_reports_many_jobs_in_one_write():
+    q, recs = await leased(3)
+    writes = q.counters.get("writes_failed", 0)
+    verdicts = await q.report(WORKER, [report_of(recs[0]), report_of(recs[1], ok=False),
+                                       report_of(recs[2])])
+    assert verdicts == ["ok", "ok", "ok"]
+    states = [q.slots[r.job_id].record.state for r in recs]
+    assert states == ["finished", "failed", "finished"]
+    assert q.slots[recs[1].job_id].record.failure.code == "exit_nonzero"
+    assert (q.counters["jobs_finished"], q.counters["jobs_failed"]) == (2, 1)
+    assert q.counters.get("writes_failed", 0) == writes
+    # The worker retries (it lost the answer): recorded once, still "ok".
+    again = await q.report(WORKER, [report_of(r) for r in recs])
+    assert again == ["ok", "ok", "ok"]
+    assert (q.counters["jobs_finished"], q.counters["jobs_failed"]) == (2, 1)
+
+
+async def test_each_report_of_a_batch_gets_its_own_verdict():
+    q, recs = await leased(3)
+    unknown = job(99)
+    verdicts = await q.report(WORKER, [
+        report_of(recs[0], epoch=recs[0].lease.epoch + 1),  # not the lease's epoch
+        Report(unknown.job_id, 1, 0, True),                 # no such job here
+        report_of(recs[1]),
+        report_of(recs[1]),                                 # the same job twice
+    ])
+    assert verdicts == ["stale", "not_primary", "ok", "retry"]
+    assert q.slots[recs[0].job_id].record.state == "running"
+    assert q.slots[recs[1].job_id].record.state == "finished"
+    # Another worker's report of a job leased to us is refused.
+    assert await q.report(OTHER, [report_of(recs[2])]) == ["stale"]
+    assert q.slots[recs[2].job_id].record.state == "running"
+    assert q.counters["reports_refused"] == 2
