@@ -37,6 +37,7 @@ from .homeset import (
 )
 from .job import SignedJob, job_id_of
 from .matching import Capacity, Entry, MatchQueue, Offer, schedulable
+from .outbox import Outbox
 from .record import (
     Event,
     Failure,
@@ -57,6 +58,8 @@ logger = logging.getLogger("gridnode.queue")
 
 CALL_TIMEOUT = 5.0
 MAX_BATCH = 1000
+# Records in one accept message that carries the writes of several callers.
+ACCEPTS_PER_MESSAGE = 256
 
 
 class SlotStore(Protocol):
@@ -105,6 +108,8 @@ class QueueConfig:
 
 
 def log(event: str, level: int = logging.INFO, **fields: Any) -> None:
+    if not logger.isEnabledFor(level):
+        return
     text = " ".join(f"{k}={v.hex() if isinstance(v, bytes) else v}" for k, v in fields.items())
     logger.log(level, "%s %s", event, text)
 
@@ -124,6 +129,12 @@ class QueueNode:
     counters: Counter[str] = field(default_factory=Counter)
     changed: trio.Event = field(default_factory=trio.Event)
     _unfit_since: dict[bytes, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Writes to one home member that wait while a write to it is on its way
+        # go together (steering.outbox): a busy primary sends one accept message
+        # per member and round trip, whatever number of claims and reports asked.
+        self._accepts = Outbox(self._send_accepts, ACCEPTS_PER_MESSAGE, size=len)
     _suspect_since: dict[bytes, float] = field(default_factory=dict)
 
     @property
@@ -182,24 +193,15 @@ class QueueNode:
         return await call_member(self.membership, self.pool, member, method, args)
 
     async def _fan_out(self, per_member: dict[bytes, list[Any]],
-                       local: Callable[[list[Any]], Awaitable[list[Any]]], method: str,
-                       encode: Callable[[list[Any]], Any],
-                       decode: Callable[[Any, list[Any]], list[Any]],
+                       local: Callable[[list[Any]], Awaitable[list[Any]]],
+                       remote: Callable[[bytes, list[Any]], Awaitable[list[Any] | None]],
                        ) -> dict[bytes, list[Any] | None]:
         """Send each member its entries (ourselves: directly); None for who failed."""
         answers: dict[bytes, list[Any] | None] = {}
 
         async def one(member: bytes, entries: list[Any]) -> None:
-            try:
-                if member == self.me:
-                    answers[member] = await local(entries)
-                else:
-                    raw = await self._call(member, method, encode(entries))
-                    answers[member] = decode(raw, entries)
-            except (RpcError, BadMessage) as exc:
-                answers[member] = None
-                log("queue.member_failed", logging.DEBUG, member=member, method=method,
-                    reason=str(exc))
+            answers[member] = await (local(entries) if member == self.me
+                                     else remote(member, entries))
 
         async with trio.open_nursery() as nursery:
             for member, entries in per_member.items():
@@ -209,6 +211,40 @@ class QueueNode:
                 nursery.start_soon(one, member, entries)
         return answers
 
+    async def _ask(self, member: bytes, method: str, args: Any,
+                   decode: Callable[[Any], list[Any]]) -> list[Any] | None:
+        """A member's decoded answer, or None (logged) when it failed."""
+        try:
+            return decode(await self._call(member, method, args))
+        except (RpcError, BadMessage) as exc:
+            log("queue.member_failed", logging.DEBUG, member=member, method=method,
+                reason=str(exc))
+            return None
+
+    async def _remote_accept(self, member: bytes, entries: list[tuple[int, JobRecord]]
+                             ) -> list[Any] | None:
+        return await self._accepts.send(member, [[b, r.to_wire()] for b, r in entries])
+
+    async def _send_accepts(self, member: bytes, batches: list[list[Any]]
+                            ) -> list[Any] | None:
+        """One accept message for the batches of several writers; their answers."""
+        entries = [e for batch in batches for e in batch]
+
+        def decode(raw: Any) -> list[Any]:
+            if not (isinstance(raw, list) and len(raw) == len(entries)
+                    and all(isinstance(x, bool) for x in raw)):
+                raise BadMessage("bad accept answer")
+            return raw
+
+        raw = await self._ask(member, "queue.accept", {"entries": entries}, decode)
+        if raw is None:
+            return None
+        out, i = [], 0
+        for batch in batches:
+            out.append(raw[i:i + len(batch)])
+            i += len(batch)
+        return out
+
     async def replicate(self, writes: list[tuple[int, JobRecord]]) -> list[bool]:
         """Write each record to its home set; True where a majority stored it."""
         per_member: dict[bytes, list[tuple[int, JobRecord]]] = {}
@@ -216,15 +252,7 @@ class QueueNode:
             for m in rec.home:
                 per_member.setdefault(m, []).append((ballot, rec))
 
-        def decode(raw: Any, entries: list[Any]) -> list[bool]:
-            if not (isinstance(raw, list) and len(raw) == len(entries)
-                    and all(isinstance(x, bool) for x in raw)):
-                raise BadMessage("bad accept answer")
-            return raw
-
-        answers = await self._fan_out(
-            per_member, self.local_accept, "queue.accept",
-            lambda es: {"entries": [[b, r.to_wire()] for b, r in es]}, decode)
+        answers = await self._fan_out(per_member, self.local_accept, self._remote_accept)
         oks: Counter[bytes] = Counter()
         refused: set[bytes] = set()
         for member, entries in per_member.items():
@@ -268,9 +296,12 @@ class QueueNode:
                 out.append(Promise(p[0], p[1], p[2], rec))
             return out
 
-        answers = await self._fan_out(
-            per_member, self.local_prepare, "queue.prepare",
-            lambda es: {"entries": [[j, b] for j, b in es]}, decode)
+        async def remote(member: bytes, entries: list[tuple[bytes, int]]) -> Any:
+            return await self._ask(member, "queue.prepare",
+                                   {"entries": [[j, b] for j, b in entries]},
+                                   lambda raw: decode(raw, entries))
+
+        answers = await self._fan_out(per_member, self.local_prepare, remote)
         promises: dict[bytes, list[Promise]] = {j: [] for j in job_ids}
         for member, entries in per_member.items():
             got = answers.get(member)
@@ -523,10 +554,8 @@ class QueueNode:
 
     async def _write_to(self, members: set[bytes], ballot: int, rec: JobRecord) -> set[bytes]:
         """Write one record to these members; the ones that stored it."""
-        answers = await self._fan_out(
-            {m: [(ballot, rec)] for m in members}, self.local_accept, "queue.accept",
-            lambda es: {"entries": [[b, r.to_wire()] for b, r in es]},
-            lambda raw, es: raw if raw == [True] or raw == [False] else [False])
+        answers = await self._fan_out({m: [(ballot, rec)] for m in members},
+                                      self.local_accept, self._remote_accept)
         return {m for m, a in answers.items() if a == [True]}
 
     def _should_lead(self, rec: JobRecord) -> bool:

@@ -24,6 +24,7 @@ import trio
 
 from overlay import BadMessage, GridInfo, RpcError, RpcPool
 
+from .outbox import Outbox
 from .queue import MAX_BATCH, Membership, call_member, log
 from .record import Failure, JobRecord
 
@@ -46,15 +47,6 @@ RunJob = Callable[[JobRecord], Awaitable[tuple[bool, Failure | None]]]
 
 
 @dataclass
-class _Outgoing:
-    """A report waiting for the next message to its queue node, then for the answer."""
-
-    entry: list[Any]
-    answer: str | None = None
-    sent: trio.Event = field(default_factory=trio.Event)
-
-
-@dataclass
 class Worker:
     grid: GridInfo
     membership: Membership
@@ -70,8 +62,9 @@ class Worker:
         "claims": 0, "jobs_claimed": 0, "jobs_reported": 0, "reports_refused": 0,
         "leases_lost": 0, "heartbeats": 0})
     _wake: trio.Event = field(default_factory=trio.Event)
-    _nursery: trio.Nursery | None = None
-    _outbox: dict[bytes, list[_Outgoing]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._reports = Outbox(self._send_reports, MAX_BATCH)
 
     def free(self) -> tuple[int, int, int]:
         """What is left of the offer after the jobs we hold (running or about to)."""
@@ -95,7 +88,6 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
             nursery.start_soon(self._heartbeats)
             task_status.started()
             idle = 0.05
@@ -189,38 +181,18 @@ class Worker:
             reason="no home member took the report before the lease ran out")
 
     async def _send_report(self, target: bytes, entry: list[Any]) -> str | None:
-        """The answer of ``target`` to one report, sent with whatever other reports
-        for it are waiting; None when it could not be asked."""
-        out = _Outgoing(entry)
-        waiting = self._outbox.setdefault(target, [])
-        waiting.append(out)
-        if len(waiting) == 1:  # no message to it is being sent: this task sends them
-            assert self._nursery is not None
-            self._nursery.start_soon(self._flush_reports, target)
-        await out.sent.wait()
-        return out.answer
+        """The answer of ``target`` to one report (None when it could not be asked),
+        sent with whatever other reports for it are waiting."""
+        answer = await self._reports.send(target, entry)
+        return answer if isinstance(answer, str) else None
 
-    async def _flush_reports(self, target: bytes) -> None:
-        waiting = self._outbox[target]
+    async def _send_reports(self, target: bytes, entries: list[Any]) -> list[Any] | None:
         try:
-            while waiting:
-                batch = waiting[:MAX_BATCH]
-                try:
-                    answer = await self._call(target, "queue.report",
-                                              {"entries": [o.entry for o in batch]})
-                except RpcError as exc:
-                    log("worker.report_failed", logging.DEBUG, queue=target, reason=str(exc))
-                    answer = None
-                if not (isinstance(answer, list) and len(answer) == len(batch)):
-                    answer = [None] * len(batch)
-                for o, a in zip(batch, answer, strict=True):
-                    o.answer = a if isinstance(a, str) else None
-                    o.sent.set()
-                del waiting[:len(batch)]
-        finally:
-            for o in waiting:  # only when cancelled: their tasks are being cancelled too
-                o.sent.set()
-            del self._outbox[target]
+            answer = await self._call(target, "queue.report", {"entries": entries})
+        except RpcError as exc:
+            log("worker.report_failed", logging.DEBUG, queue=target, reason=str(exc))
+            return None
+        return answer if isinstance(answer, list) else None
 
     # -- heartbeats -----------------------------------------------------------
 

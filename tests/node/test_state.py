@@ -15,7 +15,7 @@ import trio
 import trio_asyncio
 
 import node.state as state_mod
-from node.state import MIGRATIONS, PeerRow, StateError, open_state
+from node.state import MIGRATIONS, SLOTS_PER_STATEMENT, PeerRow, StateError, open_state
 
 
 def peer(i: int, *, site: str | None = None, last_seen: float | None = None,
@@ -283,3 +283,21 @@ async def test_a_cancelled_group_commit_leader_does_not_break_later_commits(tmp_
             rows = {r[0]: r for r in await state.load_slots()}
     assert rows[b"a" * 20][1] == 1  # what the cancelled leader started still landed
     assert rows[b"b" * 20][1] == 3 and len(rows) == 7
+
+
+async def test_job_slots_in_one_statement_and_in_a_long_transaction(tmp_path):
+    many = SLOTS_PER_STATEMENT + 7
+    async with trio_asyncio.open_loop():
+        async with open_state(tmp_path / "s.sqlite") as state:
+            # The same job twice in one commit: the later row wins, in both forms.
+            await state.save_slots([(b"a" * 20, 1, 1, "activated", b"x"),
+                                    (b"a" * 20, 2, 2, "running", b"y")])
+            await state.save_slots([(i.to_bytes(20, "big"), 1, 1, "activated", b"r")
+                                    for i in range(many)]
+                                   + [(b"b" * 20, 1, 1, None, None),
+                                      (b"b" * 20, 5, 4, "finished", b"z")])
+        async with open_state(tmp_path / "s.sqlite") as state:
+            rows = {r[0]: r for r in await state.load_slots()}
+    assert rows[b"a" * 20] == (b"a" * 20, 2, 2, b"y")
+    assert rows[b"b" * 20] == (b"b" * 20, 5, 4, b"z")
+    assert len(rows) == many + 2
