@@ -67,17 +67,21 @@ def sealed_size(body_size: int) -> int:
     return 1 + header + body_size + 2 + SIGNATURE_SIZE
 
 
-def open_envelope_untrusted(domain: bytes, data: bytes, *,
-                            outer: Any = None) -> tuple[list[Any], bytes, bytes]:
+def open_envelope_untrusted(domain: bytes, data: bytes, *, outer: Any = None,
+                            max_size: int = MAX_ENVELOPE,
+                            max_items: int = 4096) -> tuple[list[Any], bytes, bytes]:
     """Split an envelope without checking the signature yet.
 
     Returns ``(fields, body, sig)``; the caller picks the verifying key from
     the fields (a self-signed request) or from its trust anchor (a
     certificate) and calls :func:`verify_body`.  ``outer`` is ``data``
     already decoded, for a caller that had to look at it first.
+    ``max_size`` and ``max_items`` cap both the envelope and its body: a
+    kind of record that may be larger than ``MAX_ENVELOPE`` (a dataset's
+    file list) names its own caps.
     """
     if outer is None:
-        outer = unpackb_untrusted(data)
+        outer = unpackb_untrusted(data, max_size=max_size, max_items=max_items)
     if not (isinstance(outer, list) and len(outer) == 2):
         raise BadMessage("envelope is not a [body, signature] pair")
     body, sig = outer
@@ -85,7 +89,7 @@ def open_envelope_untrusted(domain: bytes, data: bytes, *,
         raise BadMessage("envelope body and signature must be bytes")
     if len(sig) != SIGNATURE_SIZE:
         raise BadMessage(f"signature has {len(sig)} bytes, expected {SIGNATURE_SIZE}")
-    inner = unpackb_untrusted(body)
+    inner = unpackb_untrusted(body, max_size=max_size, max_items=max_items)
     if not (isinstance(inner, list) and inner):
         raise BadMessage("envelope body is not a list")
     if inner[0] != domain:

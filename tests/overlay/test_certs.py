@@ -28,6 +28,7 @@ from overlay import (
     RevocationList,
     check_certificate,
     node_id_of,
+    open_envelope_untrusted,
     packb,
     unpackb_untrusted,
 )
@@ -677,6 +678,19 @@ def test_unpackb_refuses_oversized_input_before_decoding() -> None:
     for decoder in sorted(DECODERS):
         with pytest.raises(BadMessage):
             DECODERS[decoder](big)
+
+
+def test_envelope_caps_apply_to_envelope_and_body() -> None:
+    key = nacl.signing.SigningKey(b"\x07" * 32)
+    big = seal(b"tag", [b"\x00" * MAX_ENVELOPE], key)
+    with pytest.raises(BadMessage, match="exceeds the cap"):
+        open_envelope_untrusted(b"tag", big)
+    fields, _, _ = open_envelope_untrusted(b"tag", big, max_size=2 * MAX_ENVELOPE)
+    assert fields == [b"\x00" * MAX_ENVELOPE]
+    many = seal(b"tag", [list(range(5000))], key)
+    with pytest.raises(BadMessage):
+        open_envelope_untrusted(b"tag", many)
+    assert open_envelope_untrusted(b"tag", many, max_items=5000)[0] == [list(range(5000))]
 
 
 @pytest.mark.parametrize(
