@@ -52,6 +52,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX job_slots_state ON job_slots (state);
     """,
+    # 3: datasets: catalog records this node keeps as a catalog node, and the
+    # replicas it holds (replication.catalog, node.data).
+    """
+    CREATE TABLE datasets (
+        name    TEXT PRIMARY KEY,     -- scope:name
+        version INTEGER NOT NULL,
+        record  BLOB NOT NULL         -- the signed dataset record, as received
+    );
+    CREATE TABLE holdings (
+        name     TEXT PRIMARY KEY,    -- scope:name of a dataset this node holds
+        version  INTEGER NOT NULL,    -- the record version whose files are all here
+        record   BLOB NOT NULL,       -- that signed record
+        since    REAL NOT NULL        -- wall-clock seconds
+    );
+    """,
 ]
 
 
@@ -243,6 +258,34 @@ class State:
                 await self._db.rollback()
                 raise
         return go
+
+    # -- datasets ------------------------------------------------------------
+
+    async def save_dataset(self, name: str, version: int, record: bytes) -> None:
+        """Keep a catalog record (a newer version replaces the stored one)."""
+        await self._write([(
+            "INSERT INTO datasets (name, version, record) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET version = excluded.version, "
+            "record = excluded.record", (name, version, record))])
+
+    async def load_datasets(self) -> list[bytes]:
+        return [r[0] for r in await self._fetchall("SELECT record FROM datasets")]
+
+    async def save_holding(self, name: str, version: int, record: bytes, since: float
+                           ) -> None:
+        """Note that every file of this version of a dataset is in the chunk store."""
+        await self._write([(
+            "INSERT INTO holdings (name, version, record, since) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET version = excluded.version, "
+            "record = excluded.record, since = excluded.since",
+            (name, version, record, since))])
+
+    async def remove_holding(self, name: str) -> None:
+        await self._write([("DELETE FROM holdings WHERE name = ?", (name,))])
+
+    async def load_holdings(self) -> list[tuple[str, int, bytes, float]]:
+        rows = await self._fetchall("SELECT name, version, record, since FROM holdings")
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def load_slots(self) -> list[tuple[bytes, int, int, bytes | None]]:
         rows = await self._fetchall("SELECT job_id, promised, ballot, record FROM job_slots")

@@ -301,3 +301,17 @@ async def test_job_slots_in_one_statement_and_in_a_long_transaction(tmp_path):
     assert rows[b"a" * 20] == (b"a" * 20, 2, 2, b"y")
     assert rows[b"b" * 20] == (b"b" * 20, 5, 4, b"z")
     assert len(rows) == many + 2
+
+
+async def test_datasets_and_holdings_survive_a_reopen(tmp_path):
+    async with trio_asyncio.open_loop():
+        async with open_state(tmp_path / "s.sqlite") as state:
+            await state.save_dataset("alice:raw", 1, b"v1")
+            await state.save_dataset("alice:raw", 2, b"v2")
+            await state.save_dataset("bob:mc", 1, b"b1")
+            await state.save_holding("alice:raw", 2, b"v2", 10.0)
+            await state.save_holding("bob:mc", 1, b"b1", 11.0)
+            await state.remove_holding("bob:mc")
+        async with open_state(tmp_path / "s.sqlite") as state:
+            assert sorted(await state.load_datasets()) == [b"b1", b"v2"]
+            assert await state.load_holdings() == [("alice:raw", 2, b"v2", 10.0)]
