@@ -94,6 +94,16 @@ class QueueSection:
 
 
 @dataclass(frozen=True)
+class StorageSection:
+    # Disk the chunk store may use for dataset replicas, in GB (10^9 bytes).
+    quota_gb: float = 10.0
+    # Catalog nodes that keep each dataset's record.
+    catalog_replicas: int = 3
+    # Replicas of a dataset are announced in the DHT this often (seconds).
+    announce_interval: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
     bootstrap: tuple[str, ...] = ()
@@ -111,6 +121,7 @@ class Config:
     dht: DhtConfig = field(default_factory=DhtConfig)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     queue: QueueSection = field(default_factory=QueueSection)
+    storage: StorageSection = field(default_factory=StorageSection)
     # Labels this node offers jobs (a job's requirement "labels" must be among them).
     labels: tuple[str, ...] = ()
 
@@ -125,7 +136,7 @@ class Config:
 
 
 _SECTIONS = {"capacity": Capacity, "dht": DhtConfig, "channel": ChannelConfig,
-             "queue": QueueSection}
+             "queue": QueueSection, "storage": StorageSection}
 
 
 def _check_type(key: str, value: Any, default: Any) -> Any:
@@ -196,6 +207,10 @@ def validate(cfg: Config) -> Config:
                           "queue.unschedulable_after and queue.repair_after positive")
     if cfg.capacity.cores < 0 or any(not 0 < len(x) <= 128 for x in cfg.labels):
         raise ConfigError("capacity.cores must not be negative and labels 1-128 characters")
+    st = cfg.storage
+    if not 1 <= st.catalog_replicas <= 15 or st.announce_interval < 1:
+        raise ConfigError("storage.catalog_replicas must be 1-15 and storage.announce_interval "
+                          "at least 1 s")
     ch = cfg.channel
     if not 4096 <= ch.max_frame <= 64 * 1024 * 1024:
         raise ConfigError("channel.max_frame must be 4096-67108864 bytes")

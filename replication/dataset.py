@@ -24,7 +24,8 @@ the domain tag ``gridnode/dataset/v1`` together with the owner's
 certificate, as a job is (``steering/job.py``).
 ``DatasetRecord.from_bytes_untrusted`` is the one door for records from
 the wire: it returns a checked record or raises ``BadMessage``.  A record
-is at most ``MAX_RECORD`` (4 MiB) signed bytes and lists at most
+is at most ``MAX_RECORD`` (768 KiB: it crosses the secure channel in one
+frame of at most 1 MiB, with room for the call around it) signed bytes and lists at most
 ``MAX_FILES`` (16384) files.
 
 Versions: each change by the owner signs a new record with the next
@@ -59,7 +60,7 @@ from .manifest import FileManifest, ManifestError, check_file_name
 
 DATASET_TAG = b"gridnode/dataset/v1"
 VERSION = 1
-MAX_RECORD = 4 * 1024 * 1024
+MAX_RECORD = 768 * 1024
 MAX_FILES = 16384
 MAX_SCOPE = 64
 MAX_NAME = 255
