@@ -29,6 +29,8 @@ from overlay import (
 
 from .admin import admin_call
 from .cli_common import Parser, parse_node_id, print_result, remote
+from .cli_data import add_parsers as add_data_parsers
+from .cli_data import cmd_datasets, cmd_get, cmd_ls, cmd_put, cmd_replicas
 from .cli_jobs import add_parsers as add_job_parsers
 from .cli_jobs import cmd_cancel, cmd_jobs, cmd_logs, cmd_submit, cmd_wait, job_status
 from .client import Client
@@ -110,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="who the node sees you as, and what you may do")
 
     add_job_parsers(sub, [common, reach], as_json)
+    add_data_parsers(sub, [common, reach], as_json)
 
     u = sub.add_parser("user", help="user keys and certificates").add_subparsers(
         dest="user_command", required=True, parser_class=Parser)
@@ -526,6 +529,11 @@ COMMANDS = {
     ("logs",): cmd_logs,
     ("wait",): cmd_wait,
     ("cancel",): cmd_cancel,
+    ("put",): cmd_put,
+    ("get",): cmd_get,
+    ("datasets",): cmd_datasets,
+    ("ls",): cmd_ls,
+    ("replicas",): cmd_replicas,
     ("grid", "admit"): cmd_grid_admit,
     ("grid", "revoke"): cmd_grid_revoke,
     ("grid", "info"): cmd_grid_info,

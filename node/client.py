@@ -49,6 +49,7 @@ from overlay import (
 from steering import FINAL, JobRecord, JobSpec, SignedJob
 
 from .admin import AdminError, admin_call
+from .client_data import DataClient
 from .config import parse_hostport
 from .datadir import DataDir
 from .errors import UserError
@@ -98,7 +99,7 @@ def node_address(data_dir: Path) -> tuple[str, int]:
     raise UserError(f"the node of {dd.root} advertises no address; use --via HOST:PORT")
 
 
-class Client:
+class Client(DataClient):
     """Calls to one node of the grid (and through it, to the others)."""
 
     def __init__(self, rpc: RpcClient, identity: Identity, address: str) -> None:

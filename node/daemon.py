@@ -49,6 +49,7 @@ from steering import JobService, QueueConfig, QueueNode, Worker, queue_methods
 
 from .admin import AdminError, claim_socket_path, serve_admin
 from .config import Config, parse_hostport
+from .data import DataService
 from .datadir import DataDir
 from .errors import UserError, first_user_error
 from .executor import Executor
@@ -113,7 +114,9 @@ class Node:
         self.worker = Worker(grid, self.membership, self.pool, cert.name, frozenset(cfg.labels),
                              self.runner.capacity, self.runner.run, self.runner.kill,
                              heartbeat_interval=cfg.queue.lease_duration / 4)
-        table = {**methods(self), **self.job_service.methods(), **job_methods(self)}
+        self.data = DataService(self)
+        table = {**methods(self), **self.job_service.methods(), **job_methods(self),
+                 **self.data.methods()}
         if "queue" in self.roles:
             table.update(queue_methods(self.queue))
         self.rpc.methods.update(table)
@@ -157,6 +160,7 @@ class Node:
                     await nursery.start(self.queue.run)
                 if "compute" in self.roles:
                     await nursery.start(self.worker.run)
+                await nursery.start(self.data.run)
                 await nursery.start(serve_admin, self.datadir.admin_socket, self.handle_admin,
                                     self.counters)
                 log(logger, "node.started", id=self.key.id, grid=self.grid.grid_id,
@@ -417,6 +421,7 @@ class Node:
             "dht": self.dht.statistics(),
             "channel": {**self.channels.statistics(), **self.pool.statistics()},
             "queue": self.queue.statistics(),
+            "data": self.data.statistics(),
             "worker": {**self.worker.statistics(), **self.executor.statistics()},
             "refused": dict(self.counters),
             "cert_expires": self.cert.not_after,

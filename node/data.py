@@ -1,0 +1,453 @@
+"""The node's side of datasets: its chunk store, uploads, the catalog, replicas.
+
+- uploads: a user's client sends the chunks of its files in pieces
+  (``data.upload``; an interrupted upload resumes where it stopped), then the
+  signed dataset record (``dataset.put``): the node checks that it holds
+  every chunk, stores the record on a majority of the dataset's catalog
+  nodes, holds the replica and announces it, and only then answers;
+- replicas: a node that holds every file of a dataset version keeps it in
+  its ``holdings`` and announces itself in the dataset's DHT provider set,
+  refreshed every ``storage.announce_interval``; after a put, the node asks
+  storage nodes to pull copies until the policy's minimum is reached;
+- reads: ``dataset.read`` streams a file to a client, fetching the chunks
+  this node lacks from the holders first (``replication.transfer``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from overlay import (
+    BadMessage,
+    CallContext,
+    Method,
+    RpcClient,
+    RpcError,
+    SignedRecord,
+    bad_request,
+    packb,
+    provider_key,
+)
+from overlay import unpackb_untrusted as unpack
+from replication import (
+    CHUNK_SIZE,
+    CatalogClient,
+    CatalogError,
+    CatalogNode,
+    ChunkError,
+    ChunkStore,
+    DatasetName,
+    DatasetNameError,
+    DatasetRecord,
+    Fetcher,
+    FetchError,
+    QuotaExceeded,
+    catalog_key,
+    catalog_methods,
+    chunk_hash,
+    chunk_methods,
+    may_write_scope,
+    parse_dataset_name,
+)
+
+from .config import parse_hostport
+from .errors import UserError
+from .logs import log
+
+if TYPE_CHECKING:
+    from .daemon import Node
+
+logger = logging.getLogger("gridnode.data")
+
+# Bytes of one upload piece and of one streamed piece of a file (frame cap 1 MiB).
+PIECE = 512 * 1024
+PULL_TIMEOUT = 3600.0
+
+
+class DataService:
+    """Chunk store, catalog and replicas of one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        cfg = node.cfg.storage
+        root = node.datadir.root
+        self.store = ChunkStore(root / "chunks", quota_bytes=int(cfg.quota_gb * 1e9))
+        self.uploads = root / "uploads"
+        self.counters: Counter[str] = Counter()
+        self.catalog_node = (CatalogNode(node.grid, node.state, self._revoked)
+                             if "catalog" in node.roles else None)
+        self.catalog = CatalogClient(node.grid, node.pool, node.key.id, self._catalog_nodes,
+                                     self.catalog_node, r=cfg.catalog_replicas,
+                                     revoked=self._revoked)
+        self.fetcher = Fetcher(self.store, self._open_client)
+        self.holdings: dict[str, DatasetRecord] = {}
+        self._fetching: dict[str, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def _revoked(self) -> frozenset[bytes]:
+        return self.node.revocations.revoked
+
+    # -- peers -------------------------------------------------------------
+
+    def _addresses(self, role: str) -> dict[bytes, tuple[str, int]]:
+        out: dict[bytes, tuple[str, int]] = {}
+        for p in self.node.peers.values():
+            if role in p.roles and p.node_id not in self._revoked():
+                for text in p.addresses:
+                    try:
+                        out[p.node_id] = parse_hostport(text, "address")
+                        break
+                    except UserError:
+                        continue
+        if role in self.node.roles and self.node.bound is not None:
+            out[self.node.key.id] = self.node.bound
+        return out
+
+    def _catalog_nodes(self) -> dict[bytes, tuple[str, int]]:
+        return self._addresses("catalog")
+
+    async def _open_client(self, holder: bytes) -> RpcClient:
+        address = self._addresses("storage").get(holder)
+        if address is None:
+            raise RpcError("unavailable", f"holder {holder.hex()} has no known address")
+        return await self.node.pool.client(*address, expect_id=holder)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        await trio.to_thread.run_sync(_clear_uploads, self.uploads)
+        if self.catalog_node is not None:
+            await self.catalog_node.load()
+        for name, _, raw, _ in await self.node.state.load_holdings():
+            try:
+                rec = DatasetRecord.from_bytes_untrusted(raw, self.node.grid)
+            except BadMessage as exc:
+                log(logger, "holding.unreadable", logging.ERROR, dataset=name, reason=str(exc))
+                continue
+            self.holdings[name] = rec
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._announce_loop)
+            task_status.started()
+
+    async def _announce_loop(self) -> None:
+        interval = self.node.cfg.storage.announce_interval
+        while True:
+            for rec in list(self.holdings.values()):
+                await self._announce(rec)
+            await trio.sleep(interval)
+
+    async def _announce(self, rec: DatasetRecord) -> None:
+        now = time.time()
+        seq = max(int(now * 1000), self.counters["announce_seq"] + 1)
+        self.counters["announce_seq"] = seq
+        record = SignedRecord.create(
+            self.node.key, self.node.cert, key=provider_key("dataset", str(rec.name)),
+            kind="provider", seq=seq, expires=int(now) + self.node.cfg.record_ttl,
+            value=packb([rec.version]))
+        try:
+            await self.node.dht.put(record)
+        except Exception as exc:  # the next round tries again
+            log(logger, "replica.announce_failed", logging.WARNING, dataset=rec.name,
+                reason=repr(exc))
+
+    # -- replicas ------------------------------------------------------------
+
+    async def holders(self, name: DatasetName) -> dict[bytes, int]:
+        """Live holders of a dataset (node id -> version they hold), from the DHT."""
+        out: dict[bytes, int] = {}
+        storage = self._addresses("storage")
+        for rec in await self.node.dht.get(provider_key("dataset", str(name))):
+            if rec.kind != "provider" or rec.signer not in storage:
+                continue
+            try:
+                value = unpack(rec.value)
+                version = value[0]
+                if type(version) is not int:
+                    raise BadMessage("version")
+            except (BadMessage, TypeError, IndexError, KeyError):
+                continue
+            out[rec.signer] = max(version, out.get(rec.signer, 0))
+        mine = self.holdings.get(str(name))
+        if mine is not None:
+            out[self.node.key.id] = mine.version
+        return out
+
+    async def hold(self, rec: DatasetRecord, reason: str) -> None:
+        """Every file of ``rec`` is here: keep it, announce it."""
+        name = str(rec.name)
+        old = self.holdings.get(name)
+        if old is not None and old.version >= rec.version:
+            return
+        await self.node.state.save_holding(name, rec.version, rec.raw, time.time())
+        self.holdings[name] = rec
+        self.counters["replicas_added"] += 1
+        log(logger, "replica.held", dataset=name, version=rec.version, files=len(rec.files),
+            bytes=rec.size, reason=reason)
+        await self._announce(rec)
+
+    async def missing(self, rec: DatasetRecord, files: list[str] | None = None) -> list[bytes]:
+        """The chunks of these files (default: all) that are not in the store."""
+        wanted = [m for m in rec.files if files is None or m.name in files]
+        hashes = list(dict.fromkeys(h for m in wanted for h in m.chunks))
+        have = await trio.to_thread.run_sync(lambda: [self.store.has(h) for h in hashes])
+        return [h for h, ok in zip(hashes, have, strict=True) if not ok]
+
+    async def ensure_local(self, rec: DatasetRecord, files: list[str] | None = None,
+                           why: str = "read") -> int:
+        """Fetch what this node lacks of ``rec`` (or of some files) from its holders;
+        the bytes fetched. The whole dataset here makes this node a holder."""
+        name = str(rec.name)
+        while name in self._fetching:  # one fetch of a dataset at a time
+            await self._fetching[name].wait()
+        self._fetching[name] = done = trio.Event()
+        try:
+            need = await self.missing(rec, files)
+            fetched = 0
+            if need:
+                holders = [h for h, v in (await self.holders(rec.name)).items()
+                           if h != self.node.key.id and v >= 1]
+                if not holders:
+                    raise RpcError("unavailable", f"no live node holds dataset {name}")
+                log(logger, "transfer.started", dataset=name, chunks=len(need),
+                    holders=len(holders), reason=why)
+                try:
+                    stats = await self.fetcher.fetch(need, holders)
+                except FetchError as exc:
+                    self.counters["transfers_failed"] += 1
+                    log(logger, "transfer.failed", logging.WARNING, dataset=name,
+                        reason=str(exc))
+                    raise RpcError("transfer_failed", f"dataset {name}: {exc}") from None
+                except QuotaExceeded as exc:
+                    raise RpcError("quota", f"dataset {name} does not fit this node's "
+                                   f"storage quota: {exc}") from None
+                fetched = stats.bytes_fetched
+                self.counters["transfers"] += 1
+                self.counters["bytes_fetched"] += fetched
+                log(logger, "transfer.done", dataset=name, chunks=stats.chunks_fetched,
+                    bytes=fetched, seconds=round(stats.seconds, 3), reason=why)
+            if files is None or not await self.missing(rec):
+                await self.hold(rec, f"all files here after a {why}")
+            return fetched
+        finally:
+            del self._fetching[name]
+            done.set()
+
+    async def replicate_to_min(self, rec: DatasetRecord) -> int:
+        """Ask storage nodes to pull copies until the policy's minimum holds them."""
+        holders = await self.holders(rec.name)
+        need = rec.policy.min_replicas - len(holders)
+        if need <= 0:
+            return 0
+        key = catalog_key(rec.name)
+        candidates = sorted((n for n in self._addresses("storage") if n not in holders),
+                            key=lambda n: int.from_bytes(n, "big") ^ int.from_bytes(key, "big"))
+        added = 0
+        for node_id in candidates:
+            if added >= need:
+                break
+            try:
+                client = await self._open_client(node_id)
+                answer = await client.call("dataset.pull", {"name": str(rec.name),
+                                                            "version": rec.version},
+                                           timeout=PULL_TIMEOUT)
+            except RpcError as exc:
+                log(logger, "replica.pull_refused", logging.WARNING, dataset=rec.name,
+                    node=node_id, reason=str(exc))
+                continue
+            if answer == "held":
+                added += 1
+                self.counters["replicas_requested"] += 1
+                log(logger, "replica.requested", dataset=rec.name, node=node_id,
+                    reason=f"below the minimum of {rec.policy.min_replicas} replicas")
+        if added < need:
+            log(logger, "replica.below_minimum", logging.WARNING, dataset=rec.name,
+                holders=len(holders) + added, minimum=rec.policy.min_replicas,
+                reason="not enough storage nodes took a copy")
+        return added
+
+    def statistics(self) -> dict[str, Any]:
+        return {**self.store.statistics(), **{k: v for k, v in self.counters.items()
+                                              if k != "announce_seq"},
+                "datasets_held": len(self.holdings),
+                "catalog": self.catalog_node.statistics() if self.catalog_node else {}}
+
+    # -- RPC -----------------------------------------------------------------
+
+    def methods(self) -> dict[str, Method]:
+        table = {
+            **chunk_methods(self.store, self.counters),
+            "data.upload": Method(self._upload, access="user"),
+            "dataset.put": Method(self._put, access="user"),
+            "dataset.get": Method(self._get),
+            "dataset.list": Method(self._list),
+            "dataset.replicas": Method(self._replicas),
+            "dataset.read": Method(self._read, streaming=True),
+            "dataset.pull": Method(self._pull, access="node"),
+        }
+        if self.catalog_node is not None:
+            table.update(catalog_methods(self.catalog_node))
+        return table
+
+    def _name(self, args: Any, ctx: CallContext) -> DatasetName:
+        if not (isinstance(args, dict) and isinstance(args.get("name"), str)):
+            raise bad_request("expected {name: 'scope:name'}")
+        try:
+            return parse_dataset_name(args["name"], ctx.peer.name)
+        except DatasetNameError as exc:
+            raise bad_request(str(exc)) from None
+
+    async def record(self, name: DatasetName) -> DatasetRecord:
+        try:
+            rec = await self.catalog.get(name)
+        except CatalogError as exc:
+            raise RpcError("unavailable", str(exc)) from None
+        if rec is None:
+            raise RpcError("not_found", f"no dataset {name} in this grid")
+        return rec
+
+    async def _upload(self, ctx: CallContext, args: Any) -> dict[str, Any]:
+        if not (isinstance(args, dict) and isinstance(args.get("hash"), bytes)
+                and len(args["hash"]) == 32 and type(args.get("size")) is int
+                and type(args.get("offset")) is int and isinstance(args.get("data"), bytes)):
+            raise bad_request("upload takes {hash, size, offset, data}")
+        h, size, offset, data = args["hash"], args["size"], args["offset"], args["data"]
+        if not (0 < size <= CHUNK_SIZE and 0 <= offset and offset + len(data) <= size
+                and len(data) <= PIECE):
+            raise bad_request(f"a piece is at most {PIECE} bytes of a chunk of at most "
+                              f"{CHUNK_SIZE} bytes")
+        try:
+            done, at = await trio.to_thread.run_sync(
+                _take_piece, self.store, self.uploads, h, size, offset, data)
+        except QuotaExceeded as exc:
+            raise RpcError("quota", f"this node's storage quota is full: {exc}") from None
+        except ChunkError as exc:
+            self.counters["uploads_refused"] += 1
+            raise RpcError("bad_chunk", str(exc)) from None
+        if done:
+            self.counters["chunks_uploaded"] += 1
+        return {"stored": done, "offset": at}
+
+    async def _put(self, ctx: CallContext, args: Any) -> dict[str, Any]:
+        if not (isinstance(args, dict) and isinstance(args.get("record"), bytes)):
+            raise bad_request("put takes {record}")
+        try:
+            rec = DatasetRecord.from_bytes_untrusted(args["record"], self.node.grid,
+                                                     now=time.time(), revoked=self._revoked())
+        except BadMessage as exc:
+            raise bad_request(f"bad dataset record: {exc}") from None
+        if rec.owner_id != ctx.peer_id and not may_write_scope(ctx.peer, rec.name.scope):
+            raise RpcError("forbidden", f"{ctx.peer.name} may not put dataset {rec.name}")
+        missing = await self.missing(rec)
+        if missing:
+            raise RpcError("missing_chunks", f"{len(missing)} chunks of dataset {rec.name} "
+                           f"are not on this node; upload them first")
+        try:
+            copies = await self.catalog.put(rec)
+        except CatalogError as exc:
+            raise RpcError("not_stored", str(exc)) from None
+        await self.hold(rec, f"put by {ctx.peer.name}")
+        log(logger, "dataset.put", dataset=rec.name, version=rec.version, files=len(rec.files),
+            bytes=rec.size, closed=rec.closed, catalog_copies=copies,
+            reason=f"put by {ctx.peer.name}")
+        if self._nursery is not None:
+            self._nursery.start_soon(self._replicate_quietly, rec)
+        return {"name": str(rec.name), "version": rec.version, "catalog_copies": copies}
+
+    async def _replicate_quietly(self, rec: DatasetRecord) -> None:
+        try:
+            await self.replicate_to_min(rec)
+        except Exception as exc:  # the replication issue's repair loop retries
+            log(logger, "replica.failed", logging.WARNING, dataset=rec.name, reason=repr(exc))
+
+    async def _get(self, ctx: CallContext, args: Any) -> bytes:
+        return (await self.record(self._name(args, ctx))).raw
+
+    async def _list(self, ctx: CallContext, args: Any) -> list[bytes]:
+        if not isinstance(args, dict):
+            raise bad_request("list takes {scope, limit}")
+        scope, limit = args.get("scope"), args.get("limit", 1000)
+        if not ((scope is None or isinstance(scope, str)) and type(limit) is int
+                and 0 < limit <= 10_000):
+            raise bad_request("scope must be a string and limit 1-10000")
+        try:
+            records = await self.catalog.list(scope=scope, limit=limit)
+        except CatalogError as exc:
+            raise RpcError("unavailable", str(exc)) from None
+        return [r.raw for r in records]
+
+    async def _replicas(self, ctx: CallContext, args: Any) -> dict[str, Any]:
+        rec = await self.record(self._name(args, ctx))
+        holders = await self.holders(rec.name)
+        peers = self.node.peers
+        return {"name": str(rec.name), "version": rec.version,
+                "min_replicas": rec.policy.min_replicas,
+                "max_replicas": rec.policy.max_replicas,
+                "holders": [{"id": h.hex(), "version": v,
+                             "site": peers[h].site if h in peers else self.node.cert.name,
+                             "complete": v >= rec.version} for h, v in sorted(holders.items())]}
+
+    async def _read(self, ctx: CallContext, args: Any) -> AsyncIterator[bytes]:
+        name = self._name(args, ctx)
+        file_name = args.get("file")
+        if not isinstance(file_name, str):
+            raise bad_request("read takes {name, file}")
+        rec = await self.record(name)
+        manifest = rec.file(file_name)
+        if manifest is None:
+            raise RpcError("not_found", f"dataset {name} has no file {file_name!r}")
+        self.counters["dataset_reads"] += 1
+        await self.ensure_local(rec, [file_name], why=f"read by {ctx.peer.name}")
+        for h in manifest.chunks:
+            try:
+                data = await trio.to_thread.run_sync(self.store.get, h)
+            except ChunkError as exc:  # corrupt on disk: quarantined; fetch it again
+                log(logger, "chunk.refetch", logging.WARNING, chunk=h, reason=str(exc))
+                await self.ensure_local(rec, [file_name], why="a chunk was corrupt on disk")
+                data = await trio.to_thread.run_sync(self.store.get, h)
+            for i in range(0, len(data), PIECE):
+                yield data[i:i + PIECE]
+
+    async def _pull(self, ctx: CallContext, args: Any) -> str:
+        rec = await self.record(self._name(args, ctx))
+        await self.ensure_local(rec, why=f"replica asked for by {ctx.peer_id.hex()[:12]}")
+        return "held"
+
+
+def _clear_uploads(uploads: Path) -> None:
+    """Pieces of uploads a restart interrupted: the client sends them again."""
+    uploads.mkdir(parents=True, exist_ok=True)
+    for p in uploads.glob("*.part"):
+        p.unlink(missing_ok=True)
+
+
+def _take_piece(store: ChunkStore, uploads: Path, h: bytes, size: int, offset: int,
+                data: bytes) -> tuple[bool, int]:
+    """Append a piece of an uploaded chunk; (chunk stored, bytes of it held)."""
+    if store.has(h):
+        return True, size
+    part = uploads / f"{h.hex()}.part"
+    held = part.stat().st_size if part.exists() else 0
+    if offset != held:
+        return False, held  # out of order or sent twice: the client resumes from here
+    with open(part, "ab") as f:
+        f.write(data)
+    held += len(data)
+    if held < size:
+        return False, held
+    chunk = part.read_bytes()
+    part.unlink()
+    if chunk_hash(chunk) != h:
+        raise ChunkError(f"chunk {h.hex()[:16]}: the uploaded bytes do not match its hash")
+    store.put_verified(h, chunk)
+    return True, size
+
+
