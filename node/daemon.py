@@ -110,11 +110,11 @@ class Node:
                                            unschedulable_after=cfg.queue.unschedulable_after,
                                            repair_after=cfg.queue.repair_after))
         self.job_service = JobService(self.queue, lambda: self.revocations.revoked)
-        self.runner = JobRunner(self.executor, cfg.capacity.disk_gb * 1024)
+        self.data = DataService(self)
+        self.runner = JobRunner(self.executor, cfg.capacity.disk_gb * 1024, self.data)
         self.worker = Worker(grid, self.membership, self.pool, cert.name, frozenset(cfg.labels),
                              self.runner.capacity, self.runner.run, self.runner.kill,
                              heartbeat_interval=cfg.queue.lease_duration / 4)
-        self.data = DataService(self)
         table = {**methods(self), **self.job_service.methods(), **job_methods(self),
                  **self.data.methods()}
         if "queue" in self.roles:

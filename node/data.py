@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -48,6 +49,7 @@ from replication import (
     DatasetRecord,
     Fetcher,
     FetchError,
+    ManifestError,
     QuotaExceeded,
     catalog_key,
     catalog_methods,
@@ -55,10 +57,12 @@ from replication import (
     chunk_methods,
     may_write_scope,
     parse_dataset_name,
+    write_file,
 )
 
 from .config import parse_hostport
 from .errors import UserError
+from .executor import StageInError
 from .logs import log
 
 if TYPE_CHECKING:
@@ -274,6 +278,23 @@ class DataService:
                 reason="not enough storage nodes took a copy")
         return added
 
+    async def stage_in(self, inputs: tuple[str, ...], user: str, job: str,
+                       sandbox: Path) -> None:
+        """Put every file of the job's input datasets under ``sandbox/inputs/SCOPE/NAME``:
+        hard links to the chunk store where a file is one chunk, a copy otherwise;
+        what this node lacks is fetched from the holders first."""
+        for text in inputs:
+            try:
+                name = parse_dataset_name(text, user)
+                rec = await self.record(name)
+                self.counters["stage_ins"] += 1
+                await self.ensure_local(rec, why=f"stage-in of job {job[:12]}")
+                dest = sandbox / "inputs" / name.scope / name.name
+                await trio.to_thread.run_sync(_place_files, self.store, rec, dest)
+            except (DatasetNameError, RpcError, ChunkError, ManifestError, OSError) as exc:
+                self.counters["stage_ins_failed"] += 1
+                raise StageInError(f"input {text}: {exc}") from None
+
     def statistics(self) -> dict[str, Any]:
         return {**self.store.statistics(), **{k: v for k, v in self.counters.items()
                                               if k != "announce_seq"},
@@ -420,6 +441,19 @@ class DataService:
         rec = await self.record(self._name(args, ctx))
         await self.ensure_local(rec, why=f"replica asked for by {ctx.peer_id.hex()[:12]}")
         return "held"
+
+
+def _place_files(store: ChunkStore, rec: DatasetRecord, dest: Path) -> None:
+    for m in rec.files:
+        path = dest / m.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if len(m.chunks) == 1 and m.size:
+            try:
+                os.link(store.path(m.chunks[0]), path)  # read-only, like the chunk
+                continue
+            except OSError:
+                pass  # another file system: copy it
+        write_file(m, store, path)
 
 
 def _clear_uploads(uploads: Path) -> None:

@@ -42,7 +42,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +53,7 @@ from .logs import log
 logger = logging.getLogger("gridnode.executor")
 
 ERRORS = ("exit_nonzero", "killed_by_signal", "walltime_exceeded", "memory_exceeded",
-          "cancelled", "command_not_found", "exec_failed", "sandbox_failed")
+          "cancelled", "command_not_found", "exec_failed", "sandbox_failed", "stage_in_failed")
 STREAMS = ("stdout", "stderr")
 
 MAX_JOB_ID_LEN = 128
@@ -147,6 +147,14 @@ class RunSpec:
                 or not 0 < w <= MAX_WALLTIME_S):
             raise ValueError(f"walltime_s must be more than 0 and at most {MAX_WALLTIME_S:g} s "
                              f"(30 days), got {_short(w)}")
+
+
+class StageInError(Exception):
+    """Raised by a stage-in hook: the job's inputs could not be put in its sandbox."""
+
+
+# Puts a job's inputs into its fresh sandbox before the job starts.
+StageIn = Callable[[Path], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -419,10 +427,11 @@ class Executor:
         log(logger, "job.cancel", job=job_id, attempt=job.spec.attempt, reason=reason)
         return True
 
-    async def run(self, spec: RunSpec) -> RunResult:
+    async def run(self, spec: RunSpec, stage_in: StageIn | None = None) -> RunResult:
         """Run one job to its end (see the module docstring). Raises ExecutorError,
         before starting anything, if the job is already running or its cores and
-        memory are not free."""
+        memory are not free. ``stage_in`` fills the fresh sandbox before the job
+        starts; its StageInError ends the job as ``stage_in_failed``."""
         if spec.job_id in self._jobs:
             self.counters["refused"] += 1
             raise ExecutorError(f"job {spec.job_id} is already running "
@@ -439,7 +448,7 @@ class Executor:
         self._cores_used += spec.cores
         self._memory_used += spec.memory_mb
         try:
-            return await self._run(job)
+            return await self._run(job, stage_in)
         finally:
             del self._jobs[spec.job_id]
             self._cores_used -= spec.cores
@@ -453,7 +462,7 @@ class Executor:
                    GRIDNODE_SANDBOX=str(job.sandbox))
         return env
 
-    async def _run(self, job: _Job) -> RunResult:
+    async def _run(self, job: _Job, stage_in: StageIn | None) -> RunResult:
         spec = job.spec
         job.started = time.time()
         env = self._env(job)
@@ -465,6 +474,11 @@ class Executor:
                                    f"{job.sandbox}: {exc.strerror or exc}", None, None)
             job.ready = True
             try:
+                if stage_in is not None and job.error is None:
+                    try:
+                        await stage_in(job.sandbox)
+                    except StageInError as exc:
+                        return self._ended(job, "stage_in_failed", str(exc), None, None)
                 if job.error is not None:
                     return self._ended(job, job.error,
                                        f"cancelled before it started: {job.reason}", None, None)

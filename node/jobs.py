@@ -30,6 +30,7 @@ from .logs import log
 
 if TYPE_CHECKING:
     from .daemon import Node
+    from .data import DataService
 
 logger = logging.getLogger("gridnode.jobs")
 
@@ -112,9 +113,10 @@ class SlotStore:
 class JobRunner:
     """Runs leased jobs with the local executor."""
 
-    def __init__(self, executor: Executor, disk_mb: int) -> None:
+    def __init__(self, executor: Executor, disk_mb: int, data: DataService) -> None:
         self.executor = executor
         self.disk_mb = disk_mb
+        self.data = data
 
     def capacity(self) -> tuple[int, int, int]:
         return self.executor.cores, self.executor.memory_mb, self.disk_mb
@@ -125,9 +127,15 @@ class JobRunner:
     async def run(self, rec: JobRecord) -> tuple[bool, Failure | None]:
         spec = rec.job.spec
         argv = tuple(a.replace("{index}", str(spec.index)) for a in spec.argv)
+        stage_in = None
+        if spec.inputs:
+            async def stage_in(sandbox: Path) -> None:
+                await self.data.stage_in(spec.inputs, rec.job.user.name, rec.job.hex_id,
+                                         sandbox)
         result = await self.executor.run(RunSpec(
             job_id=rec.job.hex_id, attempt=rec.attempt, argv=argv, env=dict(spec.env),
-            cores=spec.cores, memory_mb=spec.memory_mb, walltime_s=float(spec.walltime_s)))
+            cores=spec.cores, memory_mb=spec.memory_mb, walltime_s=float(spec.walltime_s)),
+            stage_in)
         if result.error is None:
             return True, None
         return False, Failure(result.error, result.diagnosis, result.exit_code, result.signal,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from node.executor import Executor, ExecutorError, RunResult, RunSpec
+from node.executor import Executor, ExecutorError, RunResult, RunSpec, StageInError
 
 JOB = "ab12"
 PY = sys.executable
@@ -299,3 +299,24 @@ def test_bad_executor_settings(tmp_path):
         Executor(tmp_path, cores=1, memory_mb=100, poll_interval=0)
     with pytest.raises(ValueError, match="job_id"):
         Executor(tmp_path, cores=1, memory_mb=100).log_path("../x", 1, "stdout")
+
+
+async def test_stage_in_fills_the_sandbox_before_the_job_starts(ex, tmp_path):
+    async def stage(sandbox):
+        (sandbox / "inputs").mkdir()
+        (sandbox / "inputs" / "data.txt").write_text("staged\n")
+
+    r = await ex.run(spec("cat", "inputs/data.txt"), stage_in=stage)
+    assert r.error is None
+    assert (r.sandbox / "stdout").read_text() == "staged\n"
+
+
+async def test_a_failed_stage_in_ends_the_job_before_it_starts(ex, tmp_path):
+    async def stage(sandbox):
+        raise StageInError("dataset alice:raw: no live node holds it")
+
+    marker = tmp_path / "ran"
+    r = await ex.run(spec("touch", str(marker)), stage_in=stage)
+    assert (r.error, r.diagnosis) == ("stage_in_failed", "dataset alice:raw: no live node holds it")
+    assert r.pid is None and not marker.exists()
+    assert ex.statistics()["stage_in_failed"] == 1
