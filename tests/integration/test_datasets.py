@@ -1,0 +1,148 @@
+"""Datasets on real node processes: put, get, replicas, corruption, nodes dying."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from node.cli import main as gridnode
+from node.client import Client
+from overlay import RpcError
+from replication import CHUNK_SIZE, DatasetRecord
+from steering import JobSpec
+
+pytestmark = pytest.mark.slow
+
+
+def make_files(root: Path) -> dict[str, bytes]:
+    """Files of 0 bytes, 1 byte, exactly one chunk and several chunks."""
+    files = {"empty": b"", "one": b"x", "sub/exact": os.urandom(CHUNK_SIZE),
+             "sub/many": os.urandom(2 * CHUNK_SIZE + 5)}
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return files
+
+
+async def wait_holders(c: Client, name: str, count: int, limit: float = 60) -> list[str]:
+    with trio.fail_after(limit):
+        while True:
+            info = await c.replicas(name)
+            complete = [h["id"] for h in info["holders"] if h["complete"]]
+            if len(complete) >= count:
+                return complete
+            await trio.sleep(0.3)
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = gridnode(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+async def test_put_through_one_node_get_through_another(grid4, tmp_path):
+    g = grid4
+    src = tmp_path / "src"
+    files = make_files(src)
+    async with Client.connect(g.address(0), user_dir=g.user_dir) as c:
+        rec = await c.put("raw", [src], close=True)
+        assert isinstance(rec, DatasetRecord) and rec.closed
+        assert sorted(f.name for f in rec.files) == sorted(files)
+        holders = await wait_holders(c, str(rec.name), 2)  # the policy's minimum
+    assert len(holders) >= 2
+    async with Client.connect(g.address(2), user_dir=g.user_dir) as c:
+        listed = await c.datasets()
+        assert [str(r.name) for r in listed] == [str(rec.name)]
+        out = tmp_path / "out"
+        paths = await c.get(str(rec.name), out)
+        assert sorted(p.relative_to(out).as_posix() for p in paths) == sorted(files)
+        for name, data in files.items():
+            assert (out / name).read_bytes() == data
+        one = tmp_path / "one"
+        await c.get(f"{rec.name}/sub/many", one)
+        assert (one / "sub/many").read_bytes() == files["sub/many"]
+        with pytest.raises(RpcError, match="closed|not_found|no file") as e:
+            await c.get(f"{rec.name}/nope", one)
+        assert "nope" in str(e.value)
+    # A closed dataset takes no more files; an unknown one is an error (one line, exit 1).
+    code, _, err = run_cli("put", "--via", g.address(1), "--user-dir", str(g.user_dir),
+                           str(rec.name), str(src / "one"))
+    assert code != 0 and "closed" in err and "Traceback" not in err
+    code, _, err = run_cli("get", "--via", g.address(1), "--user-dir", str(g.user_dir),
+                           "nobody:nothing", "--out", str(tmp_path))
+    assert code != 0 and "nobody:nothing" in err and len(err.strip().splitlines()) == 1
+    code, out_text, _ = run_cli("ls", "--via", g.address(3), "--user-dir", str(g.user_dir),
+                                str(rec.name), "--json")
+    assert code == 0 and '"sub/many"' in out_text
+
+
+async def test_a_corrupt_chunk_on_disk_is_quarantined_and_fetched_again(grid4, tmp_path):
+    g = grid4
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(CHUNK_SIZE + 100)
+    (src / "f").write_bytes(data)
+    async with Client.connect(g.address(1), user_dir=g.user_dir) as c:
+        rec = await c.put("corrupt-me", [src / "f"])
+        await wait_holders(c, str(rec.name), 2)
+    chunk = rec.files[0].chunks[0].hex()
+    path = g.dir(1) / "chunks" / chunk[:2] / chunk
+    os.chmod(path, 0o600)
+    with open(path, "r+b") as f:
+        f.seek(10)
+        f.write(b"\xff\x00\xff")
+    async with Client.connect(g.address(1), user_dir=g.user_dir) as c:
+        await c.get(str(rec.name), tmp_path / "out")
+    assert (tmp_path / "out" / "f").read_bytes() == data
+    assert any((g.dir(1) / "chunks" / "quarantine").iterdir())
+
+
+async def test_holder_killed_mid_transfer_and_putting_node_killed(grid4, tmp_path):
+    g = grid4
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(24 * CHUNK_SIZE)
+    (src / "big").write_bytes(data)
+    async with Client.connect(g.address(0), user_dir=g.user_dir) as c:
+        rec = await c.put("big", [src / "big"])
+        holders = await wait_holders(c, str(rec.name), 2)
+    # The putting node dies after the acknowledgement: a replica exists elsewhere.
+    putter = 0
+    g.kill(putter)
+    others = [g.ids.index(bytes.fromhex(h)) for h in holders if g.ids.index(bytes.fromhex(h))
+              != putter]
+    reader = next(i for i in range(1, 4) if i not in others)
+    assert others
+    async with Client.connect(g.address(reader), user_dir=g.user_dir) as c:
+        async with trio.open_nursery() as nursery:
+            if len(others) > 1:
+                async def kill_soon() -> None:
+                    await trio.sleep(0.3)
+                    g.kill(others[0])
+                nursery.start_soon(kill_soon)
+            await c.get(str(rec.name), tmp_path / "out")
+    assert (tmp_path / "out" / "big").read_bytes() == data
+
+
+async def test_a_job_reads_a_dataset_held_by_another_node(grid4, tmp_path):
+    g = grid4
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "numbers.txt").write_text("1\n2\n3\n")
+    async with Client.connect(g.address(3), user_dir=g.user_dir) as c:
+        rec = await c.put("numbers", [src])
+        [j] = await c.submit([JobSpec.from_mapping({
+            "argv": ["sh", "-c", f"cat inputs/{rec.name.scope}/numbers/numbers.txt | wc -l"],
+            "inputs": [str(rec.name)], "memory_mb": 64})])
+        with trio.fail_after(60):
+            [done] = await c.wait(j, poll=0.3)
+        assert done.state == "finished", done
+        async with c.logs(j) as chunks:
+            out = b"".join([x async for x in chunks])
+    assert out.strip() == b"3"
