@@ -250,6 +250,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return job_status(args)
     s = _status(args)
     ch = s.get("channel", {})
+    data = s.get("data", {})
     refused = ", ".join(f"{k}={v}" for k, v in sorted(s["refused"].items()))
     text = "\n".join([
         f"id          {s['id']}",
@@ -264,6 +265,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"channel     {ch.get('channels_open', 0)} open, {ch.get('handshakes_ok', 0)} "
         f"handshakes, {ch.get('handshakes_refused', 0)} refused, "
         f"{ch.get('handshake_timeouts', 0)} timed out, {ch.get('calls', 0)} calls",
+        f"data        {data.get('datasets_held', 0)} datasets held, "
+        f"{data.get('chunks', 0)} chunks, {data.get('used_bytes', 0) / 1e6:.1f} MB used, "
+        f"{data.get('transfers', 0)} transfers ({data.get('bytes_fetched', 0) / 1e6:.1f} MB in), "
+        f"{data.get('transfers_failed', 0)} failed",
         f"refused     {refused}",
     ])
     print_result(s, args.json, text)
