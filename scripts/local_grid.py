@@ -132,7 +132,8 @@ def ping_all(root: Path, rows: list[dict]) -> None:
 
 
 def run_jobs(root: Path, rows: list[dict], count: int) -> None:
-    """As the admin user, submit ``count`` small jobs through node 0 and follow them."""
+    """As the admin user, put a small dataset through node 0, submit ``count`` small jobs
+    that read it, follow them, and show where they ran and who holds the dataset."""
     import collections
 
     import trio
@@ -142,12 +143,19 @@ def run_jobs(root: Path, rows: list[dict], count: int) -> None:
     from steering import FINAL, JobSpec
 
     sites = {bytes.fromhex(r["id"]): r["site"] for r in rows}
-    spec = {"argv": ["sh", "-c", "echo job {index} in $GRIDNODE_SANDBOX; sleep 0.5"],
-            "memory_mb": 64, "name": "demo"}
 
     async def run() -> None:
         async with Client.connect(rows[0]["addresses"][0], user_dir=root / "user") as client:
             task = os.urandom(20).hex()
+            src = root / "demo-data"
+            src.mkdir(exist_ok=True)
+            (src / "lines.txt").write_text("".join(f"line {i}\n" for i in range(1000)))
+            data = await client.put(f"demo-{task[:8]}", [src / "lines.txt"], close=True)
+            log(f"put dataset {data.name} ({data.size} bytes) through node-00")
+            lines = f"inputs/{data.name.scope}/{data.name.name}/lines.txt"
+            spec = {"argv": ["sh", "-c", f"echo job {{index}} read $(wc -l < {lines}) lines "
+                             f"of {data.name}; sleep 0.5"],
+                    "memory_mb": 64, "name": "demo", "inputs": [str(data.name)]}
             specs = [JobSpec.from_mapping({**spec, "task_id": task, "index": i,
                                            "argv": [a.replace("{index}", str(i))
                                                     for a in spec["argv"]]})
@@ -167,6 +175,8 @@ def run_jobs(root: Path, rows: list[dict], count: int) -> None:
                 await trio.sleep(0.5)
             ran = collections.Counter(sites.get(r.history[-1].node, "?") for r in records)
             log("  ran on: " + ", ".join(f"{s} {n}" for s, n in sorted(ran.items())))
+            held = (await client.replicas(str(data.name)))["holders"]
+            log(f"  {data.name} is held by: " + ", ".join(sorted(h["site"] for h in held)))
 
     try:
         trio.run(run)
