@@ -406,7 +406,7 @@ class CatalogClient:
         if len(record.raw) > cap:
             self.counters["puts_failed"] += 1
             raise CatalogError(f"the record of {record.name} is {len(record.raw)} bytes, over "
-                               f"the {cap} one message can carry: split the dataset")
+                               f"the {cap} bytes one message can carry: split the dataset")
         nodes = self._nodes()
         if not nodes:
             self.counters["puts_failed"] += 1

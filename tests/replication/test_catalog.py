@@ -636,9 +636,15 @@ async def test_list_pages_through_answers_bigger_than_one_frame() -> None:
 
 
 async def test_a_record_too_big_for_one_message_is_refused_before_sending() -> None:
-    async with catalog_grid(3) as members:
-        huge = record(files=(manifest("f", 34_000),))  # about 1.06 MiB signed
-        assert len(huge.raw) > 1024 * 1024
-        with pytest.raises(CatalogError, match="over the .* one message can carry"):
-            await members[0].cat.put(huge)
+    async with catalog_grid(3) as members, trio.open_nursery() as nursery:
+        small = RpcPool(Credentials(members[0].creds.key, members[0].creds.cert, GRID,
+                                    max_frame=100_000))
+        await nursery.start(small.run)
+        client = CatalogClient(GRID, small, members[0].id,
+                               lambda: {m.id: ("127.0.0.1", m.port) for m in members[1:]})
+        big = record(files=(manifest("f", 6400),))  # about 200 KiB signed
+        with pytest.raises(CatalogError, match=r"over the 99744 bytes one message can carry"):
+            await client.put(big)
         assert all(m.node.get(RUN1) is None for m in members)
+        assert small.statistics()["connections_opened"] == 0
+        nursery.cancel_scope.cancel()
