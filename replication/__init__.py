@@ -1,9 +1,18 @@
-"""Data: chunk store, file manifests, signed dataset records.
+"""Data: chunk store, file manifests, signed dataset records, the catalog.
 
-The catalog, transfers, access trends and the replica policy land next
+Transfers, access trends and the replica policy land next
 (see docs/datasets.md).  The layers above use only the names exported here.
 """
 
+from .catalog import (
+    CatalogClient,
+    CatalogError,
+    CatalogNode,
+    CatalogStore,
+    catalog_home,
+    catalog_key,
+    catalog_methods,
+)
 from .chunks import (
     CHUNK_SIZE,
     HASH_SIZE,
@@ -39,6 +48,10 @@ from .manifest import FileManifest, ManifestError, check_file_name, write_file
 
 __all__ = [
     "CHUNK_SIZE",
+    "CatalogClient",
+    "CatalogError",
+    "CatalogNode",
+    "CatalogStore",
     "DATASET_TAG",
     "HASH_SIZE",
     "MAX_FILES",
@@ -58,6 +71,9 @@ __all__ = [
     "ReplicationPolicy",
     "add_files",
     "can_replace",
+    "catalog_home",
+    "catalog_key",
+    "catalog_methods",
     "change_policy",
     "check_file_name",
     "chunk_hash",
