@@ -100,7 +100,8 @@ class DataClient:
         query: dict[str, Any] = {"limit": limit}
         if scope is not None:
             query["scope"] = scope
-        return [self._dataset(r) for r in await self.call("dataset.list", query, timeout=60)]
+        answer = await self.call("dataset.list", query, timeout=60)
+        return [self._dataset(r) for r in answer["records"]]
 
     async def replicas(self: Client, name: str) -> dict[str, Any]:
         n = self.dataset_name(name)

@@ -73,6 +73,8 @@ logger = logging.getLogger("gridnode.data")
 # Bytes of one upload piece and of one streamed piece of a file (frame cap 1 MiB).
 PIECE = 512 * 1024
 PULL_TIMEOUT = 3600.0
+# Bytes of records in one listing answer (the frame cap is 1 MiB).
+LIST_BUDGET = 768 * 1024
 
 
 class DataService:
@@ -392,7 +394,7 @@ class DataService:
     async def _get(self, ctx: CallContext, args: Any) -> bytes:
         return (await self.record(self._name(args, ctx))).raw
 
-    async def _list(self, ctx: CallContext, args: Any) -> list[bytes]:
+    async def _list(self, ctx: CallContext, args: Any) -> dict[str, Any]:
         if not isinstance(args, dict):
             raise bad_request("list takes {scope, limit}")
         scope, limit = args.get("scope"), args.get("limit", 1000)
@@ -403,7 +405,13 @@ class DataService:
             records = await self.catalog.list(scope=scope, limit=limit)
         except CatalogError as exc:
             raise RpcError("unavailable", str(exc)) from None
-        return [r.raw for r in records]
+        out, size = [], 0
+        for r in records:  # the answer must fit one frame
+            size += len(r.raw) + 16
+            if size > LIST_BUDGET:
+                return {"records": out, "complete": False}
+            out.append(r.raw)
+        return {"records": out, "complete": True}
 
     async def _replicas(self, ctx: CallContext, args: Any) -> dict[str, Any]:
         rec = await self.record(self._name(args, ctx))
