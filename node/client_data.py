@@ -37,7 +37,9 @@ from replication import (
 from .errors import UserError
 
 if TYPE_CHECKING:
-    from .client import Client
+    from overlay import RpcClient
+
+    from .client import Identity
 
 PIECE = 512 * 1024
 # (what, done bytes, total bytes): for a progress bar.
@@ -72,30 +74,37 @@ def files_to_put(paths: Iterable[Path]) -> list[tuple[Path, str]]:
 class DataClient:
     """The dataset calls of :class:`node.client.Client` (mixed into it)."""
 
-    def _user(self: Client) -> tuple[Any, Any]:
+    if TYPE_CHECKING:
+        identity: Identity
+        rpc: RpcClient
+
+        async def call(self, method: str, args: Any = None, *,
+                       timeout: float | None = None) -> Any: ...  # noqa: ASYNC109
+
+    def _user(self) -> tuple[Any, Any]:
         creds = self.identity.creds
         if creds.cert.kind != "user":
             raise UserError("putting data needs a user certificate; this client speaks as a "
                             "node (run 'gridnode user init' and have it admitted)")
         return creds.key, creds.cert
 
-    def dataset_name(self: Client, text: str) -> DatasetName:
+    def dataset_name(self, text: str) -> DatasetName:
         try:
             return parse_dataset_name(text, self.identity.creds.cert.name)
         except ValueError as exc:
             raise UserError(str(exc)) from None
 
-    def _dataset(self: Client, raw: Any) -> DatasetRecord:
+    def _dataset(self, raw: Any) -> DatasetRecord:
         try:
             return DatasetRecord.from_bytes_untrusted(raw, self.identity.creds.grid)
         except BadMessage as exc:
             raise RpcError("bad_reply", f"the node sent a bad dataset record: {exc}") from None
 
-    async def dataset(self: Client, name: str | DatasetName) -> DatasetRecord:
+    async def dataset(self, name: str | DatasetName) -> DatasetRecord:
         n = name if isinstance(name, DatasetName) else self.dataset_name(name)
         return self._dataset(await self.call("dataset.get", {"name": str(n)}, timeout=60))
 
-    async def datasets(self: Client, *, scope: str | None = None,
+    async def datasets(self, *, scope: str | None = None,
                        limit: int = 1000) -> list[DatasetRecord]:
         query: dict[str, Any] = {"limit": limit}
         if scope is not None:
@@ -103,11 +112,11 @@ class DataClient:
         answer = await self.call("dataset.list", query, timeout=60)
         return [self._dataset(r) for r in answer["records"]]
 
-    async def replicas(self: Client, name: str) -> dict[str, Any]:
+    async def replicas(self, name: str) -> dict[str, Any]:
         n = self.dataset_name(name)
         return dict(await self.call("dataset.replicas", {"name": str(n)}, timeout=60))
 
-    async def put(self: Client, name: str, paths: Iterable[Path], *, close: bool = False,
+    async def put(self, name: str, paths: Iterable[Path], *, close: bool = False,
                   policy: ReplicationPolicy | None = None,
                   progress: Progress | None = None) -> DatasetRecord:
         """Upload files into a dataset (new, or a new version of an open one)."""
@@ -145,7 +154,7 @@ class DataClient:
         await self.call("dataset.put", {"record": rec.raw}, timeout=600)
         return rec
 
-    async def _upload_file(self: Client, path: Path, m: FileManifest, done: int, total: int,
+    async def _upload_file(self, path: Path, m: FileManifest, done: int, total: int,
                            progress: Progress | None) -> int:
         have: list[bool] = []
         for i in range(0, len(m.chunks), 4096):
@@ -169,7 +178,7 @@ class DataClient:
                 progress(m.name, done, total)
         return done
 
-    async def get(self: Client, address: str, out: Path, *,
+    async def get(self, address: str, out: Path, *,
                   progress: Progress | None = None) -> list[Path]:
         """Fetch ``DATASET`` (every file) or ``DATASET/FILE`` into the directory ``out``."""
         name_text, _, file_name = address.partition("/")
@@ -192,13 +201,13 @@ class DataClient:
             written.append(dest)
         return written
 
-    async def _get_file(self: Client, rec: DatasetRecord, m: FileManifest, dest: Path,
+    async def _get_file(self, rec: DatasetRecord, m: FileManifest, dest: Path,
                         done: int, total: int, progress: Progress | None) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.part")
         digest = hashlib.blake2b(digest_size=32)
         size = 0
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as f:  # noqa: ASYNC230 - each write goes to a thread
             async with self.rpc.stream("dataset.read", {"name": str(rec.name),
                                                         "file": m.name}) as items:
                 async for piece in items:

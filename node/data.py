@@ -405,7 +405,8 @@ class DataService:
             records = await self.catalog.list(scope=scope, limit=limit)
         except CatalogError as exc:
             raise RpcError("unavailable", str(exc)) from None
-        out, size = [], 0
+        out: list[bytes] = []
+        size = 0
         for r in records:  # the answer must fit one frame
             size += len(r.raw) + 16
             if size > LIST_BUDGET:

@@ -1,6 +1,7 @@
-"""Data: chunk store, file manifests, signed dataset records, the catalog.
+"""Data: chunk store, file manifests, signed dataset records, the catalog, chunk
+transfers.
 
-Transfers, access trends and the replica policy land next
+Access trends and the replica policy land next
 (see docs/datasets.md).  The layers above use only the names exported here.
 """
 
@@ -45,6 +46,19 @@ from .dataset import (
     replace_refusal,
 )
 from .manifest import FileManifest, ManifestError, check_file_name, write_file
+from .transfer import (
+    CHUNK_HAVE,
+    CHUNK_READ,
+    MAX_HAVE,
+    PIECE_SIZE,
+    BadChunk,
+    Fetcher,
+    FetchError,
+    FetchStats,
+    TransferError,
+    chunk_methods,
+    read_chunk,
+)
 
 __all__ = [
     "CHUNK_SIZE",
@@ -85,4 +99,16 @@ __all__ = [
     "replace_refusal",
     "split_file",
     "write_file",
+    # transfers
+    "CHUNK_HAVE",
+    "CHUNK_READ",
+    "MAX_HAVE",
+    "PIECE_SIZE",
+    "BadChunk",
+    "FetchError",
+    "FetchStats",
+    "Fetcher",
+    "TransferError",
+    "chunk_methods",
+    "read_chunk",
 ]

@@ -94,9 +94,9 @@ async def test_a_corrupt_chunk_on_disk_is_quarantined_and_fetched_again(grid4, t
     chunk = rec.files[0].chunks[0].hex()
     path = g.dir(1) / "chunks" / chunk[:2] / chunk
     os.chmod(path, 0o600)
-    with open(path, "r+b") as f:
-        f.seek(10)
-        f.write(b"\xff\x00\xff")
+    raw = bytearray(path.read_bytes())
+    raw[10:13] = b"\xff\x00\xff"
+    path.write_bytes(bytes(raw))
     async with Client.connect(g.address(1), user_dir=g.user_dir) as c:
         await c.get(str(rec.name), tmp_path / "out")
     assert (tmp_path / "out" / "f").read_bytes() == data
