@@ -111,6 +111,7 @@ class Node:
                                            repair_after=cfg.queue.repair_after))
         self.job_service = JobService(self.queue, lambda: self.revocations.revoked)
         self.data = DataService(self)
+        self.queue.inputs = self.data.check_inputs
         self.runner = JobRunner(self.executor, cfg.capacity.disk_gb * 1024, self.data)
         self.worker = Worker(grid, self.membership, self.pool, cert.name, frozenset(cfg.labels),
                              self.runner.capacity, self.runner.run, self.runner.kill,

@@ -280,6 +280,22 @@ class DataService:
                 reason="not enough storage nodes took a copy")
         return added
 
+    async def check_inputs(self, inputs: tuple[str, ...], user: str) -> tuple[str, str]:
+        """Are a job's input datasets ready: ("ready" | "waiting" | "missing", why)."""
+        for text in inputs:
+            try:
+                name = parse_dataset_name(text, user)
+                rec = await self.catalog.get(name)
+            except DatasetNameError as exc:
+                return "missing", f"input {text!r}: {exc}"
+            except CatalogError as exc:
+                return "waiting", f"input {text}: {exc}"
+            if rec is None:
+                return "missing", f"input dataset {name} is not in the catalog"
+            if not await self.holders(name):
+                return "waiting", f"no live node holds input dataset {name}"
+        return "ready", "its input datasets are in the grid"
+
     async def stage_in(self, inputs: tuple[str, ...], user: str, job: str,
                        sandbox: Path) -> None:
         """Put every file of the job's input datasets under ``sandbox/inputs/SCOPE/NAME``:

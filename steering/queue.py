@@ -96,6 +96,9 @@ async def call_member(membership: Membership, pool: RpcPool, member: bytes, meth
     return answer
 
 
+InputCheck = Callable[[tuple[str, ...], str], Awaitable[tuple[str, str]]]
+
+
 @dataclass
 class QueueConfig:
     r: int = DEFAULT_R
@@ -129,6 +132,11 @@ class QueueNode:
     counters: Counter[str] = field(default_factory=Counter)
     changed: trio.Event = field(default_factory=trio.Event)
     _unfit_since: dict[bytes, float] = field(default_factory=dict)
+    # Jobs we lead that wait for their inputs (state defined), since when.
+    _defined: dict[bytes, float] = field(default_factory=dict)
+    # How the node judges a job's inputs: (spec.inputs, user name) -> ("ready" |
+    # "waiting" | "missing", why). None: a node without datasets activates nothing.
+    inputs: InputCheck | None = None
 
     def __post_init__(self) -> None:
         # Writes to one home member that wait while a write to it is on its way
@@ -336,6 +344,10 @@ class QueueNode:
     def _track(self, rec: JobRecord) -> None:
         """Keep the matcher and the lease timers in step with a record we lead."""
         j = rec.job_id
+        if rec.state == "defined":
+            self._defined.setdefault(j, trio.current_time())
+        else:
+            self._defined.pop(j, None)
         if rec.state == "activated":
             self.match.add(Entry(rec.job.submitted, j, rec.job.user_id, rec.job.spec.priority,
                                  rec.job.spec))
@@ -603,6 +615,39 @@ class QueueNode:
             for member in ahead:
                 nursery.start_soon(ping, member)
 
+    async def activate_ready(self) -> int:
+        """Activate the jobs we lead whose input datasets are ready; fail those whose
+        inputs stayed unknown to the grid past ``unschedulable_after``."""
+        if self.inputs is None or not self._defined:
+            return 0
+        now = trio.current_time()
+        changes: list[JobRecord] = []
+        verdicts: dict[tuple[tuple[str, ...], str], tuple[str, str]] = {}
+        for j, since in list(self._defined.items()):
+            rec = self.slots[j].record
+            if rec is None or rec.state != "defined" or j not in self.leading:
+                del self._defined[j]
+                continue
+            key = (rec.job.spec.inputs, rec.job.user.name)
+            if key not in verdicts:  # many jobs of a task share their inputs
+                verdicts[key] = await self.inputs(*key)
+            verdict, why = verdicts[key]
+            if verdict == "ready":
+                changes.append(apply(rec, "activate", now=time.time(), reason=why))
+            elif verdict == "missing" and now - since >= self.config.unschedulable_after:
+                changes.append(apply(rec, "inputs_missing", now=time.time(), reason=why,
+                                     failure=Failure("input_missing", why)))
+            if len(changes) >= MAX_BATCH:
+                break
+        for rec, ok in zip(changes, await self._commit(changes, "inputs"), strict=True):
+            if ok and rec.state == "failed":
+                self.counters["jobs_failed"] += 1
+                log("job.final", job=rec.job_id, state="failed", reason=rec.history[-1].reason)
+            elif ok:
+                self.counters["jobs_activated"] += 1
+                log("job.activated", job=rec.job_id, reason=rec.history[-1].reason)
+        return len(changes)
+
     async def fail_unschedulable(self) -> int:
         """Fail activated jobs that no node of the grid could run, after a grace period."""
         grid = self.membership.capacities()
@@ -646,6 +691,7 @@ class QueueNode:
                 await self.take_over()
                 await self.repair_homes()
                 await self.expire_leases()
+                await self.activate_ready()
                 await self.fail_unschedulable()
             except (RpcError, BadMessage) as exc:  # a round failed: the next one retries
                 log("queue.round_failed", logging.WARNING, reason=str(exc))

@@ -19,6 +19,7 @@ transferring   fail            failed         stage-out failed for good
 running        retry           activated      lease expired or worker gave it back
 transferring   retry           activated      (idem); ``fail`` instead when no attempt is left
 activated      unschedulable   failed         no node of the grid can ever run it
+defined        inputs_missing  failed         an input dataset stayed unknown to the grid
 any non-final  cancel          cancelled      its user or a grid admin cancelled it
 =============  ==============  =============  ===========================================
 
@@ -49,6 +50,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("running", "retry"): "activated",
     ("transferring", "retry"): "activated",
     ("activated", "unschedulable"): "failed",
+    ("defined", "inputs_missing"): "failed",
     **{(s, "cancel"): "cancelled" for s in ("defined", "activated", "running", "transferring")},
 }
 MAX_HISTORY = 64

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import trio
+
 from steering import Failure, Offer
 from steering.record import Report
 from steering.solo import solo_queue
@@ -63,3 +65,30 @@ async def test_each_report_of_a_batch_gets_its_own_verdict():
     assert await q.report(OTHER, [report_of(recs[2])]) == ["stale"]
     assert q.slots[recs[2].job_id].record.state == "running"
     assert q.counters["reports_refused"] == 2
+
+
+async def test_jobs_wait_for_their_inputs_then_activate_or_fail(autojump_clock):
+    q = solo_queue(GRID, ME, unschedulable_after=60.0)
+    ready = {"alice:raw": ("waiting", "no live node holds input dataset alice:raw")}
+
+    async def check(inputs, user):
+        assert user == "alice"
+        return ready.get(inputs[0], ("missing", f"input dataset {inputs[0]} is not in the "
+                                                "catalog"))
+
+    q.inputs = check
+    waits, never = job(1, inputs=["alice:raw"]), job(2, inputs=["alice:nothing"])
+    await q.create([waits, never], {waits.job_id: (ME,), never.job_id: (ME,)})
+    assert {q.slots[j.job_id].record.state for j in (waits, never)} == {"defined"}
+    await q.activate_ready()
+    assert q.slots[waits.job_id].record.state == "defined"  # no holder yet
+    assert await q.claim(Offer(WORKER, "site", 8, 1 << 20, 1 << 30)) == []
+    ready["alice:raw"] = ("ready", "its input datasets are in the grid")
+    await trio.sleep(61)
+    await q.activate_ready()
+    assert q.slots[waits.job_id].record.state == "activated"
+    gone = q.slots[never.job_id].record
+    assert (gone.state, gone.failure.code) == ("failed", "input_missing")
+    assert "alice:nothing is not in the catalog" in gone.failure.diagnosis
+    [leased] = await q.claim(Offer(WORKER, "site", 8, 1 << 20, 1 << 30))
+    assert leased.job_id == waits.job_id
