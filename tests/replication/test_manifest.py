@@ -160,3 +160,16 @@ def test_from_wire_with_one_field_replaced(i: int, value: Any) -> None:
     _returns_or_bad_message(wire)
     wire[i] = value
     _returns_or_bad_message(wire)
+
+
+def test_write_file_unverified_copies_in_the_kernel_the_same_bytes(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path / "store", chunk_size=SMALL)
+    data = pattern(3 * SMALL + 7)
+    m = FileManifest.of_file(write(tmp_path / "f", data), "f", store=store, chunk_size=SMALL)
+    write_file(m, store, tmp_path / "out", verify=False)
+    assert (tmp_path / "out").read_bytes() == data
+    store.delete(m.chunks[2])
+    with pytest.raises(ChunkMissing):
+        write_file(m, store, tmp_path / "again", verify=False)
+    assert not (tmp_path / "again").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
