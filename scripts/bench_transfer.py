@@ -537,7 +537,8 @@ def build_report(args: argparse.Namespace, manifest: FileManifest, results: dict
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "notes": ("MB = 2**20 bytes; a get = fetch into a fresh ChunkStore (put_verified, "
                   "fsync per chunk) + write_file(verify=False) (kernel copy of the chunks "
-                  "just checked, fsync); plain = page-cached file via sendfile over TCP, BLAKE2b per chunk on arrival, written, fsync at the "
+                  "just checked, fsync); plain = page-cached file via sendfile over TCP, "
+                  "BLAKE2b per chunk on arrival, written, fsync at the "
                   "end; holders and sender are separate processes on loopback; "
                   "three_holders_* is --holders holders"),
     }
