@@ -11,8 +11,10 @@ import trio
 
 from node.client import Client
 from node.errors import UserError
-from replication import CHUNK_SIZE, DatasetRecord
+from overlay import RpcError
+from replication import CHUNK_SIZE, DatasetRecord, ReplicationPolicy
 from steering import JobSpec
+from tests.integration.grid import Grid
 
 pytestmark = pytest.mark.slow
 
@@ -104,27 +106,56 @@ async def test_holder_killed_mid_transfer_and_putting_node_killed(grid4, tmp_pat
     g = grid4
     src = tmp_path / "src"
     src.mkdir()
-    data = os.urandom(24 * CHUNK_SIZE)
+    data = os.urandom(32 * CHUNK_SIZE)
     (src / "big").write_bytes(data)
     async with Client.connect(g.address(0), user_dir=g.user_dir) as c:
-        rec = await c.put("big", [src / "big"])
-        holders = await wait_holders(c, str(rec.name), 2)
-    # The putting node dies after the acknowledgement: a replica exists elsewhere.
-    putter = 0
-    g.kill(putter)
-    others = [g.ids.index(bytes.fromhex(h)) for h in holders if g.ids.index(bytes.fromhex(h))
-              != putter]
-    reader = next(i for i in range(1, 4) if i not in others)
-    assert others
+        rec = await c.put("big", [src / "big"], policy=ReplicationPolicy(3, 5))
+        holders = [g.ids.index(bytes.fromhex(h)) for h in await wait_holders(c, "big", 3)]
+    # The putting node dies after the acknowledgement: replicas exist elsewhere.
+    g.kill(0)
+    others = [i for i in holders if i != 0]
+    [reader] = [i for i in range(1, 4) if i not in others]
+    victim = others[0]
     async with Client.connect(g.address(reader), user_dir=g.user_dir) as c:
         async with trio.open_nursery() as nursery:
-            if len(others) > 1:
-                async def kill_soon() -> None:
-                    await trio.sleep(0.3)
-                    g.kill(others[0])
-                nursery.start_soon(kill_soon)
+            async def kill_when_the_transfer_runs() -> None:
+                log = g.dir(reader) / "node.log"
+                while "transfer.started" not in log.read_text(errors="replace"):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                g.kill(victim)  # a source dies while chunks flow from it
+            nursery.start_soon(kill_when_the_transfer_runs)
             await c.get(str(rec.name), tmp_path / "out")
     assert (tmp_path / "out" / "big").read_bytes() == data
+    assert g.procs[victim].poll() is not None
+    log = (g.dir(reader) / "node.log").read_text()
+    assert f"event=transfer.done dataset={rec.name} chunks=32" in log, log[-3000:]
+
+
+async def test_a_full_quota_refuses_the_put_and_registers_nothing(short_tmp, tmp_path):
+    g = Grid(short_tmp, 2)
+    g.prepare()
+    config = g.dir(1) / "config.toml"
+    config.write_text(config.read_text().replace("quota_gb = 10.0", "quota_gb = 0.01"))
+    for i in range(2):
+        g.start(i)
+    try:
+        await g.converge()
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "fits").write_bytes(os.urandom(1000))
+        (src / "too-big").write_bytes(os.urandom(3 * CHUNK_SIZE))
+        async with Client.connect(g.address(1), user_dir=g.user_dir) as c:
+            with pytest.raises(RpcError, match="quota"):
+                await c.put("full", [src])
+            assert [str(r.name) for r in await c.datasets()] == []
+            scope = c.identity.creds.cert.name
+            with pytest.raises(RpcError, match=f"no dataset {scope}:full"):
+                await c.dataset("full")
+            rec = await c.put("small", [src / "fits"])  # what fits still goes in
+            assert rec.size == 1000
+    finally:
+        g.stop()
+    assert "Traceback" not in g.logs(full=True)
 
 
 async def test_a_job_reads_a_dataset_held_by_another_node(grid4, tmp_path):
