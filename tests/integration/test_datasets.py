@@ -76,6 +76,11 @@ async def test_put_through_one_node_get_through_another(grid4, tmp_path):
     code, _, err = await run_cli("get", "--via", g.address(1), "--user-dir", str(g.user_dir),
                            "nobody:nothing", "--out", str(tmp_path))
     assert code != 0 and "nobody:nothing" in err and len(err.strip().splitlines()) == 1
+    for bad, why in ((["bad name!", str(src / "one")], "bad name!"),
+                     (["fine", str(tmp_path / "missing")], "no such file or directory")):
+        code, _, err = await run_cli("put", "--via", g.address(1), "--user-dir", str(g.user_dir),
+                                     *bad)
+        assert code != 0 and why in err and len(err.strip().splitlines()) == 1, err
     code, out_text, _ = await run_cli("ls", "--via", g.address(3), "--user-dir", str(g.user_dir),
                                 str(rec.name), "--json")
     assert code == 0 and '"sub/many"' in out_text
