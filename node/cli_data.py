@@ -12,6 +12,7 @@ from replication import DatasetRecord, ReplicationPolicy
 
 from .cli_common import print_result, remote
 from .errors import UsageError
+from .outputs import OutputView
 
 
 def add_parsers(sub: Any, parents: list[argparse.ArgumentParser],
@@ -67,8 +68,9 @@ class Bar:
         sys.stderr.flush()
 
 
-def dataset_view(rec: DatasetRecord) -> dict[str, Any]:
-    return {"name": str(rec.name), "owner": rec.owner.name, "version": rec.version,
+def dataset_view(rec: DatasetRecord | OutputView) -> dict[str, Any]:
+    owner = rec.owner_name if isinstance(rec, OutputView) else rec.owner.name
+    return {"name": str(rec.name), "owner": owner, "version": rec.version,
             "closed": rec.closed, "files": len(rec.files), "bytes": rec.size,
             "created": rec.created, "min_replicas": rec.policy.min_replicas,
             "max_replicas": rec.policy.max_replicas}

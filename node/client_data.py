@@ -35,6 +35,7 @@ from replication import (
 )
 
 from .errors import UserError
+from .outputs import OutputView, task_of
 
 if TYPE_CHECKING:
     from overlay import RpcClient
@@ -100,9 +101,16 @@ class DataClient:
         except BadMessage as exc:
             raise RpcError("bad_reply", f"the node sent a bad dataset record: {exc}") from None
 
-    async def dataset(self, name: str | DatasetName) -> DatasetRecord:
+    async def dataset(self, name: str | DatasetName) -> DatasetRecord | OutputView:
+        """A dataset's signed record, or the view of a task's outputs (USER:TASK.out)."""
         n = name if isinstance(name, DatasetName) else self.dataset_name(name)
-        return self._dataset(await self.call("dataset.get", {"name": str(n)}, timeout=60))
+        answer = await self.call("dataset.get", {"name": str(n)}, timeout=60)
+        if isinstance(answer, dict):
+            try:
+                return OutputView.from_wire_untrusted(answer, n)
+            except BadMessage as exc:
+                raise RpcError("bad_reply", f"the node sent a bad output view: {exc}") from None
+        return self._dataset(answer)
 
     async def datasets(self, *, scope: str | None = None,
                        limit: int = 1000) -> list[DatasetRecord]:
@@ -123,12 +131,15 @@ class DataClient:
         key, cert = self._user()
         n = self.dataset_name(name)
         pairs = files_to_put(paths)
+        if task_of(n) is not None:
+            raise UserError(f"{n} is the outputs of a task: its jobs' results fill it")
         try:
-            old: DatasetRecord | None = await self.dataset(n)
+            found = await self.dataset(n)
         except RpcError as exc:
             if exc.code != "not_found":
                 raise
-            old = None
+            found = None
+        old = found if isinstance(found, DatasetRecord) else None
         if old is not None and old.closed:
             raise UserError(f"dataset {n} is closed: no files can be added")
         known = {f.name for f in old.files} if old is not None else set()
@@ -201,7 +212,7 @@ class DataClient:
             written.append(dest)
         return written
 
-    async def _get_file(self, rec: DatasetRecord, m: FileManifest, dest: Path,
+    async def _get_file(self, rec: DatasetRecord | OutputView, m: FileManifest, dest: Path,
                         done: int, total: int, progress: Progress | None) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.part")

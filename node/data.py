@@ -49,6 +49,7 @@ from replication import (
     DatasetRecord,
     Fetcher,
     FetchError,
+    FileManifest,
     ManifestError,
     QuotaExceeded,
     catalog_key,
@@ -59,11 +60,13 @@ from replication import (
     parse_dataset_name,
     write_file,
 )
+from steering.record import MAX_OUTPUTS
 
 from .config import parse_hostport
 from .errors import UserError
-from .executor import StageInError
+from .executor import StageInError, StageOutError
 from .logs import log
+from .outputs import OutputView, task_of
 
 if TYPE_CHECKING:
     from .daemon import Node
@@ -280,6 +283,19 @@ class DataService:
                 reason="not enough storage nodes took a copy")
         return added
 
+    async def collect_outputs(self, patterns: tuple[str, ...], sandbox: Path,
+                              prefix: str) -> list[Any]:
+        """The files of a finished job's sandbox that match its output patterns, into the
+        chunk store; their manifests (wire form), named ``PREFIX/PATH``."""
+        try:
+            manifests = await trio.to_thread.run_sync(_collect, self.store, patterns, sandbox,
+                                                      prefix)
+        except (QuotaExceeded, ChunkError, ManifestError, OSError) as exc:
+            self.counters["stage_outs_failed"] += 1
+            raise StageOutError(f"outputs: {exc}") from None
+        self.counters["output_files"] += len(manifests)
+        return [m.to_wire() for m in manifests]
+
     async def check_inputs(self, inputs: tuple[str, ...], user: str) -> tuple[str, str]:
         """Are a job's input datasets ready: ("ready" | "waiting" | "missing", why)."""
         for text in inputs:
@@ -407,8 +423,24 @@ class DataService:
         except Exception as exc:  # the replication issue's repair loop retries
             log(logger, "replica.failed", logging.WARNING, dataset=rec.name, reason=repr(exc))
 
-    async def _get(self, ctx: CallContext, args: Any) -> bytes:
-        return (await self.record(self._name(args, ctx))).raw
+    async def output_view(self, name: DatasetName) -> OutputView | None:
+        """``USER:TASK.out`` from the task's job records (node.outputs), or None."""
+        task = task_of(name)
+        if task is None:
+            return None
+        records = await self.node.job_service.list_jobs(task=task, limit=100_000)
+        view = OutputView.of_records(name, records)
+        if view.version == 0 and not view.closed and not any(
+                r.job.user.name == name.scope for r in records):
+            raise RpcError("not_found", f"no task {task} of {name.scope} in this grid")
+        return view
+
+    async def _get(self, ctx: CallContext, args: Any) -> bytes | dict[str, Any]:
+        name = self._name(args, ctx)
+        view = await self.output_view(name)
+        if view is not None:
+            return view.to_wire()
+        return (await self.record(name)).raw
 
     async def _list(self, ctx: CallContext, args: Any) -> dict[str, Any]:
         if not isinstance(args, dict):
@@ -431,7 +463,16 @@ class DataService:
         return {"records": out, "complete": True}
 
     async def _replicas(self, ctx: CallContext, args: Any) -> dict[str, Any]:
-        rec = await self.record(self._name(args, ctx))
+        name = self._name(args, ctx)
+        view = await self.output_view(name)
+        if view is not None:
+            nodes = sorted(set(view.holders.values()))
+            return {"name": str(name), "version": view.version, "min_replicas": 1,
+                    "max_replicas": 1, "holders": [
+                        {"id": h.hex(), "version": view.version, "complete": False,
+                         "site": self.node.peers[h].site if h in self.node.peers
+                         else self.node.cert.name} for h in nodes]}
+        rec = await self.record(name)
         holders = await self.holders(rec.name)
         peers = self.node.peers
         return {"name": str(rec.name), "version": rec.version,
@@ -446,26 +487,75 @@ class DataService:
         file_name = args.get("file")
         if not isinstance(file_name, str):
             raise bad_request("read takes {name, file}")
-        rec = await self.record(name)
+        view = await self.output_view(name)
+        rec: DatasetRecord | OutputView = view if view is not None else await self.record(name)
         manifest = rec.file(file_name)
         if manifest is None:
             raise RpcError("not_found", f"dataset {name} has no file {file_name!r}")
         self.counters["dataset_reads"] += 1
-        await self.ensure_local(rec, [file_name], why=f"read by {ctx.peer.name}")
+
+        async def fetch(why: str) -> None:
+            if isinstance(rec, OutputView):
+                await self._fetch_output(rec, manifest, why)
+            else:
+                await self.ensure_local(rec, [file_name], why=why)
+
+        await fetch(f"read by {ctx.peer.name}")
         for h in manifest.chunks:
             try:
                 data = await trio.to_thread.run_sync(self.store.get, h)
             except ChunkError as exc:  # corrupt on disk: quarantined; fetch it again
                 log(logger, "chunk.refetch", logging.WARNING, chunk=h, reason=str(exc))
-                await self.ensure_local(rec, [file_name], why="a chunk was corrupt on disk")
+                await fetch("a chunk was corrupt on disk")
                 data = await trio.to_thread.run_sync(self.store.get, h)
             for i in range(0, len(data), PIECE):
                 yield data[i:i + PIECE]
+
+    async def _fetch_output(self, view: OutputView, m: FileManifest, why: str) -> None:
+        """The chunks of one output file this node lacks, from the node that made it."""
+        have = await trio.to_thread.run_sync(lambda: [self.store.has(h) for h in m.chunks])
+        need = [h for h, ok in zip(m.chunks, have, strict=True) if not ok]
+        holder = view.holders.get(m.name)
+        if not need:
+            return
+        if holder is None or holder == self.node.key.id:
+            raise RpcError("unavailable", f"output file {m.name} of {view.name} is gone")
+        try:
+            stats = await self.fetcher.fetch(need, [holder])
+        except FetchError as exc:
+            raise RpcError("transfer_failed", f"{view.name}/{m.name}: {exc}") from None
+        self.counters["transfers"] += 1
+        self.counters["bytes_fetched"] += stats.bytes_fetched
+        log(logger, "transfer.done", dataset=view.name, file=m.name, bytes=stats.bytes_fetched,
+            reason=why)
 
     async def _pull(self, ctx: CallContext, args: Any) -> str:
         rec = await self.record(self._name(args, ctx))
         await self.ensure_local(rec, why=f"replica asked for by {ctx.peer_id.hex()[:12]}")
         return "held"
+
+
+def _collect(store: ChunkStore, patterns: tuple[str, ...], sandbox: Path,
+             prefix: str) -> list[FileManifest]:
+    """Regular files under the sandbox matching the patterns (not the staged inputs,
+    not links leading out), each once, in name order."""
+    root = sandbox.resolve()
+    found: dict[str, Path] = {}
+    for pattern in patterns:
+        for path in sandbox.glob(pattern):
+            if path.is_symlink() or not path.is_file():
+                continue
+            rel = path.relative_to(sandbox).as_posix()
+            if rel.startswith("inputs/") or rel in ("stdout", "stderr"):
+                continue
+            if not path.resolve().is_relative_to(root):
+                continue
+            found[rel] = path
+    if len(found) > MAX_OUTPUTS:
+        raise StageOutError(f"{len(found)} files match the output patterns; "
+                            f"at most {MAX_OUTPUTS}")
+    return [FileManifest.of_file(path, f"{prefix}/{rel}", store=store)
+            for rel, path in sorted(found.items())]
 
 
 def _place_files(store: ChunkStore, rec: DatasetRecord, dest: Path) -> None:

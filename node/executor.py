@@ -153,6 +153,11 @@ class StageInError(Exception):
     """Raised by a stage-in hook: the job's inputs could not be put in its sandbox."""
 
 
+class StageOutError(Exception):
+    """A finished job's outputs could not be kept (no such files are fine; a full
+    quota or an unreadable file is not)."""
+
+
 # Puts a job's inputs into its fresh sandbox before the job starts.
 StageIn = Callable[[Path], Awaitable[None]]
 

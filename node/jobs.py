@@ -25,7 +25,7 @@ from steering import Capacity, Failure, JobRecord, Slot
 
 from .config import parse_hostport
 from .errors import UserError
-from .executor import Executor, RunSpec
+from .executor import Executor, RunSpec, StageOutError
 from .logs import log
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ class JobRunner:
     def kill(self, job_id: bytes, reason: str) -> None:
         self.executor.cancel(job_id.hex(), reason)
 
-    async def run(self, rec: JobRecord) -> tuple[bool, Failure | None]:
+    async def run(self, rec: JobRecord) -> tuple[bool, Failure | None, list[Any]]:
         spec = rec.job.spec
         argv = tuple(a.replace("{index}", str(spec.index)) for a in spec.argv)
         stage_in = None
@@ -136,10 +136,18 @@ class JobRunner:
             job_id=rec.job.hex_id, attempt=rec.attempt, argv=argv, env=dict(spec.env),
             cores=spec.cores, memory_mb=spec.memory_mb, walltime_s=float(spec.walltime_s)),
             stage_in)
-        if result.error is None:
-            return True, None
-        return False, Failure(result.error, result.diagnosis, result.exit_code, result.signal,
-                              result.stderr_tail)
+        if result.error is not None:
+            return False, Failure(result.error, result.diagnosis, result.exit_code,
+                                  result.signal, result.stderr_tail), []
+        if not spec.outputs:
+            return True, None, []
+        prefix = str(spec.index) if spec.task_id else rec.job.hex_id
+        try:
+            outputs = await self.data.collect_outputs(spec.outputs, result.sandbox, prefix)
+        except StageOutError as exc:
+            return False, Failure("stage_out_failed", str(exc), result.exit_code, None,
+                                  result.stderr_tail), []
+        return True, None, outputs
 
 
 def methods(node: Node) -> dict[str, Method]:

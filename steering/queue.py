@@ -474,7 +474,7 @@ class QueueNode:
                 continue
             try:
                 new = report(rec, worker, r.attempt, r.epoch, now=now, ok=r.ok,
-                             failure=r.failure)
+                             failure=r.failure, outputs=r.outputs)
             except (StaleReport, IllegalTransition) as exc:
                 self.counters["reports_refused"] += 1
                 log("queue.report_refused", logging.WARNING, job=r.job_id, worker=worker,

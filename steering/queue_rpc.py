@@ -9,7 +9,7 @@ from overlay import BadMessage, CallContext, Method, RpcError, bad_request
 from .job import SignedJob
 from .matching import Offer
 from .queue import MAX_BATCH, QueueNode
-from .record import Failure, JobRecord, Report, within_budget
+from .record import MAX_OUTPUTS, Failure, JobRecord, Report, within_budget
 
 
 def queue_methods(q: QueueNode) -> dict[str, Method]:
@@ -96,11 +96,16 @@ async def _heartbeat(q: QueueNode, ctx: CallContext, args: Any) -> dict[bytes, A
 async def _report(q: QueueNode, ctx: CallContext, args: Any) -> list[str]:
     reports = []
     for e in _entries(args):
-        if not (isinstance(e, list) and len(e) == 5 and _is_id(e[0]) and _uint(e[1])
+        if not (isinstance(e, list) and len(e) in (5, 6) and _is_id(e[0]) and _uint(e[1])
                 and _uint(e[2]) and isinstance(e[3], bool)):
-            raise bad_request("report entries are [job id, attempt, epoch, ok, failure]")
+            raise bad_request("report entries are [job id, attempt, epoch, ok, failure, "
+                              "outputs]")
         failure = None if e[3] else _failure(e[4], ctx.peer_id)
-        reports.append(Report(e[0], e[1], e[2], e[3], failure))
+        outputs = e[5] if len(e) == 6 else []
+        if not (isinstance(outputs, list) and len(outputs) <= MAX_OUTPUTS
+                and all(isinstance(o, list) for o in outputs)):
+            raise bad_request(f"outputs are at most {MAX_OUTPUTS} file manifests")
+        reports.append(Report(e[0], e[1], e[2], e[3], failure, tuple(outputs)))
     return await q.report(ctx.peer_id, reports)
 
 

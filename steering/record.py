@@ -54,6 +54,8 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     **{(s, "cancel"): "cancelled" for s in ("defined", "activated", "running", "transferring")},
 }
 MAX_HISTORY = 64
+# Output files one job may report (their manifests ride in its record).
+MAX_OUTPUTS = 256
 MAX_TEXT = 1000
 
 
@@ -104,6 +106,10 @@ class JobRecord:
     history: tuple[Event, ...] = ()
     failure: Failure | None = None
     version: int = 0
+    # The output files of the attempt that finished the job, as their worker
+    # reported them (file manifests in the wire form of replication.manifest,
+    # checked by whoever reads them); held by the node of the final event.
+    outputs: tuple[Any, ...] = ()
 
     @property
     def job_id(self) -> bytes:
@@ -122,7 +128,7 @@ class JobRecord:
                 [[e.time, e.state, e.reason, e.node] for e in self.history],
                 None if f is None else [f.code, f.diagnosis, f.exit_code, f.signal,
                                         list(f.stderr_tail), f.node],
-                self.version]
+                self.version, list(self.outputs)]
 
     @classmethod
     def from_wire_untrusted(cls, data: Any, grid: GridInfo, *, stored: bool = False,
@@ -131,8 +137,11 @@ class JobRecord:
         """Decode a record from a peer (or, ``stored``, from our own state file).
 
         ``known`` returns the checked job for signed bytes we already hold, if any."""
-        expect(isinstance(data, list) and len(data) == 8, "bad job record")
-        raw, home, state, attempt, lease, history, failure, version = data
+        expect(isinstance(data, list) and len(data) in (8, 9), "bad job record")
+        raw, home, state, attempt, lease, history, failure, version = data[:8]
+        outputs = data[8] if len(data) == 9 else []
+        expect(isinstance(outputs, list) and len(outputs) <= MAX_OUTPUTS
+               and all(isinstance(o, list) for o in outputs), "bad outputs")
         expect(isinstance(raw, bytes), "bad job bytes")
         job = known(raw) if known is not None else None
         if job is None:
@@ -167,7 +176,8 @@ class JobRecord:
                                                for x in tail)
                    and isinstance(n, bytes) and len(n) <= 20, "bad failure fields")
             failure_v = Failure(c, dg, ec, sg, tuple(tail), n)
-        return cls(job, tuple(home), state, attempt, lease_v, tuple(events), failure_v, version)
+        return cls(job, tuple(home), state, attempt, lease_v, tuple(events), failure_v, version,
+                   tuple(outputs))
 
 
 # A listing answers with at most this many bytes of records (a frame is 1 MiB).
@@ -231,6 +241,7 @@ class Report:
     epoch: int
     ok: bool
     failure: Failure | None = None
+    outputs: tuple[Any, ...] = ()  # file manifests (wire form) of what the job made
 
 
 class StaleReport(Exception):
@@ -273,15 +284,17 @@ def rebase_lease(rec: JobRecord, epoch: int) -> JobRecord:
 
 
 def report(rec: JobRecord, worker: bytes, attempt: int, epoch: int, *, now: float,
-           ok: bool, failure: Failure | None = None) -> JobRecord:
+           ok: bool, failure: Failure | None = None, outputs: tuple[Any, ...] = ()
+           ) -> JobRecord:
     """The worker's result for its attempt; StaleReport when the lease is not its own."""
     lease = check_lease(rec, worker, attempt)
     if epoch != lease.epoch:
         raise StaleReport(f"report for job {rec.job.hex_id} carries epoch {epoch}, "
                           f"the lease is at epoch {lease.epoch}")
     if ok:
-        return apply(rec, "finish", now=now, node=worker, reason="payload finished",
-                     lease=None)
+        return apply(rec, "finish", now=now, node=worker, lease=None, outputs=tuple(outputs),
+                     reason="payload finished" + (f", {len(outputs)} output files"
+                                                  if outputs else ""))
     assert failure is not None
     return apply(rec, "fail", now=now, node=worker, lease=None, failure=failure,
                  reason=f"{failure.code}: {failure.diagnosis}")

@@ -43,7 +43,8 @@ class Held:
     ended: bool = False  # its processes are gone and its slots free: only the report is left
 
 
-RunJob = Callable[[JobRecord], Awaitable[tuple[bool, Failure | None]]]
+# Runs a leased job: (ok, failure, output file manifests in wire form).
+RunJob = Callable[[JobRecord], Awaitable[tuple[bool, Failure | None, list[Any]]]]
 
 
 @dataclass
@@ -137,7 +138,7 @@ class Worker:
             reason="leased to this node")
         try:
             try:
-                ok, failure = await self.run_job(held.record)
+                ok, failure, outputs = await self.run_job(held.record)
             except Exception:  # the node could not start it: its lease will expire
                 logger.exception("worker.run_failed job=%s reason=the executor refused it; "
                                  "its lease will expire and it is requeued", job_id.hex())
@@ -145,12 +146,13 @@ class Worker:
             held.ended = True
             self.wake()  # its slots are free: claim the next job while this one reports
             if not held.done:  # not taken away from us meanwhile
-                await self._report(held, ok, failure)
+                await self._report(held, ok, failure, outputs)
         finally:
             self.held.pop(job_id, None)
             self.wake()
 
-    async def _report(self, held: Held, ok: bool, failure: Failure | None) -> None:
+    async def _report(self, held: Held, ok: bool, failure: Failure | None,
+                      outputs: list[Any]) -> None:
         rec = held.record
         wire = None
         if failure is not None:
@@ -163,7 +165,7 @@ class Worker:
                 targets = [held.primary] + [m for m in rec.home if m != held.primary]
                 for target in targets:
                     answer = await self._send_report(
-                        target, [rec.job_id, rec.attempt, held.epoch, ok, wire])
+                        target, [rec.job_id, rec.attempt, held.epoch, ok, wire, outputs])
                     if answer == "ok":
                         self.counters["jobs_reported"] += 1
                         return

@@ -163,19 +163,62 @@ async def test_a_full_quota_refuses_the_put_and_registers_nothing(short_tmp, tmp
     assert "Traceback" not in g.logs(full=True)
 
 
-async def test_a_job_reads_a_dataset_held_by_another_node(grid4, tmp_path):
+async def test_jobs_read_a_dataset_and_their_outputs_become_one(grid4, tmp_path):
     g = grid4
     src = tmp_path / "src"
     src.mkdir()
     (src / "numbers.txt").write_text("1\n2\n3\n")
+    task = os.urandom(20).hex()
     async with Client.connect(g.address(3), user_dir=g.user_dir) as c:
         rec = await c.put("numbers", [src])
-        [j] = await c.submit([JobSpec.from_mapping({
-            "argv": ["sh", "-c", f"cat inputs/{rec.name.scope}/numbers/numbers.txt | wc -l"],
-            "inputs": [str(rec.name)], "memory_mb": 64})])
+        lines = f"inputs/{rec.name.scope}/numbers/numbers.txt"
+        ids = await c.submit([JobSpec.from_mapping({
+            "argv": ["sh", "-c", f"mkdir -p out; wc -l < {lines} > out/count.txt; "
+                     f"echo {i} > out/index.txt; cat {lines} | wc -l"],
+            "inputs": [str(rec.name)], "outputs": ["out/*.txt"], "memory_mb": 64,
+            "task_id": task, "index": i}) for i in range(3)])
         with trio.fail_after(60):
-            [done] = await c.wait(j, poll=0.3)
-        assert done.state == "finished", done
-        async with c.logs(j) as chunks:
+            done = [(await c.wait(j, poll=0.3))[0] for j in ids]
+        assert [d.state for d in done] == ["finished"] * 3, done
+        assert all(len(d.outputs) == 2 for d in done)
+        async with c.logs(ids[0]) as chunks:
             out = b"".join([x async for x in chunks])
     assert out.strip() == b"3"
+    # The outputs are one dataset, readable through any node.
+    name = f"{rec.name.scope}:{task}.out"
+    async with Client.connect(g.address(1), user_dir=g.user_dir) as c:
+        view = await c.dataset(name)
+        assert view.closed and view.version == 3
+        assert [f.name for f in view.files] == [f"{i}/out/{n}" for i in range(3)
+                                                for n in ("count.txt", "index.txt")]
+        await c.get(name, tmp_path / "got")
+    for i in range(3):
+        assert (tmp_path / "got" / f"{i}/out/count.txt").read_text().strip() == "3"
+        assert (tmp_path / "got" / f"{i}/out/index.txt").read_text().strip() == str(i)
+    code, _, err = await run_cli("put", "--via", g.address(2), "--user-dir", str(g.user_dir),
+                                 name, str(src / "numbers.txt"))
+    assert code != 0 and "outputs of a task" in err
+
+
+async def test_a_job_that_ran_twice_registers_its_outputs_once(grid4, tmp_path):
+    g = grid4
+    task = os.urandom(20).hex()
+    async with Client.connect(g.address(0), user_dir=g.user_dir) as c:
+        [j] = await c.submit([JobSpec.from_mapping({
+            "argv": ["sh", "-c", "echo $GRIDNODE_ATTEMPT > made.txt; sleep 2"],
+            "outputs": ["made.txt"], "memory_mb": 64, "task_id": task, "index": 0})])
+        with trio.fail_after(30):
+            while (rec := await c.job(j)).state != "running":  # noqa: ASYNC110 - remote
+                await trio.sleep(0.1)
+    first = g.ids.index(rec.lease.worker)
+    g.kill(first)  # its attempt made its file, but never reported it
+    alive = next(i for i in range(4) if i != first)
+    async with Client.connect(g.address(alive), user_dir=g.user_dir) as c:
+        with trio.fail_after(90):
+            [done] = await c.wait(j, poll=0.3)
+        assert done.state == "finished" and done.attempt >= 2
+        view = await c.dataset(f"{done.job.user.name}:{task}.out")
+        assert [f.name for f in view.files] == ["0/made.txt"]
+        assert view.holders["0/made.txt"] == done.history[-1].node != g.ids[first]
+        await c.get(f"{done.job.user.name}:{task}.out", tmp_path / "got")
+    assert (tmp_path / "got" / "0" / "made.txt").read_text().strip() == str(done.attempt)
