@@ -60,7 +60,7 @@ from replication import (
     parse_dataset_name,
     write_file,
 )
-from steering.record import MAX_OUTPUTS
+from steering import MAX_OUTPUTS
 
 from .config import parse_hostport
 from .errors import UserError

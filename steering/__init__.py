@@ -9,12 +9,13 @@ from .jobs import JobService
 from .matching import Capacity, Offer
 from .queue import Membership, QueueConfig, QueueNode, SlotStore
 from .queue_rpc import queue_methods
-from .record import FINAL, STATES, Failure, JobRecord
+from .record import FINAL, MAX_OUTPUTS, STATES, Failure, JobRecord
 from .worker import Worker
 
 __all__ = [
     "DEFAULT_R",
     "FINAL",
+    "MAX_OUTPUTS",
     "STATES",
     "Capacity",
     "Failure",
