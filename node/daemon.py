@@ -137,6 +137,21 @@ class Node:
         self._round_done = trio.Event()
         self.admin_ops = {"status": self._op_status, "peers": self._op_peers}
 
+    def role_addresses(self, role: str) -> dict[bytes, tuple[str, int]]:
+        """Every live, unrevoked node with ``role`` we know (us too): id -> address."""
+        out: dict[bytes, tuple[str, int]] = {}
+        for p in self.peers.values():
+            if role in p.roles and p.node_id not in self.revocations.revoked:
+                for text in p.addresses:
+                    try:
+                        out[p.node_id] = parse_hostport(text, "address")
+                        break
+                    except UserError:
+                        continue
+        if role in self.roles and self.bound is not None:
+            out[self.key.id] = self.bound
+        return out
+
     # -- lifecycle ---------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:

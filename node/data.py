@@ -62,8 +62,6 @@ from replication import (
 )
 from steering import MAX_OUTPUTS
 
-from .config import parse_hostport
-from .errors import UserError
 from .executor import StageInError, StageOutError
 from .logs import log
 from .outputs import OutputView, task_of
@@ -106,18 +104,7 @@ class DataService:
     # -- peers -------------------------------------------------------------
 
     def _addresses(self, role: str) -> dict[bytes, tuple[str, int]]:
-        out: dict[bytes, tuple[str, int]] = {}
-        for p in self.node.peers.values():
-            if role in p.roles and p.node_id not in self._revoked():
-                for text in p.addresses:
-                    try:
-                        out[p.node_id] = parse_hostport(text, "address")
-                        break
-                    except UserError:
-                        continue
-        if role in self.node.roles and self.node.bound is not None:
-            out[self.node.key.id] = self.node.bound
-        return out
+        return self.node.role_addresses(role)
 
     def _catalog_nodes(self) -> dict[bytes, tuple[str, int]]:
         return self._addresses("catalog")

@@ -23,8 +23,6 @@ from overlay import BadMessage, CallContext, GridInfo, Method, RpcError, bad_req
 from overlay import unpackb_untrusted as unpack
 from steering import Capacity, Failure, JobRecord, Slot
 
-from .config import parse_hostport
-from .errors import UserError
 from .executor import Executor, RunSpec, StageOutError
 from .logs import log
 
@@ -50,18 +48,7 @@ class NodeMembership:
         return self.node.key.id
 
     def queue_nodes(self) -> dict[bytes, tuple[str, int]]:
-        out: dict[bytes, tuple[str, int]] = {}
-        for p in self.node.peers.values():
-            if "queue" in p.roles and p.node_id not in self.node.revocations.revoked:
-                for text in p.addresses:
-                    try:
-                        out[p.node_id] = parse_hostport(text, "address")
-                        break
-                    except UserError:
-                        continue
-        if "queue" in self.node.roles and self.node.bound is not None:
-            out[self.me] = self.node.bound
-        return out
+        return self.node.role_addresses("queue")
 
     def note(self, node_id: bytes, ok: bool) -> None:
         (self._last_ok if ok else self._last_fail)[node_id] = time.monotonic()
