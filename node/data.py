@@ -209,8 +209,11 @@ class DataService:
             need = await self.missing(rec, files)
             fetched = 0
             if need:
-                holders = [h for h, v in (await self.holders(rec.name)).items()
-                           if h != self.node.key.id and v >= 1]
+                known = {h: v for h, v in (await self.holders(rec.name)).items()
+                         if h != self.node.key.id}
+                # Holders of this version have every file; older ones only the first.
+                holders = ([h for h, v in known.items() if v >= rec.version]
+                           or list(known))
                 if not holders:
                     raise RpcError("unavailable", f"no live node holds dataset {name}")
                 log(logger, "transfer.started", dataset=name, chunks=len(need),
