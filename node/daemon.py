@@ -30,6 +30,7 @@ from overlay import (
     MAX_RECORD_TTL,
     REVOCATIONS_KEY,
     BadMessage,
+    CallContext,
     Certificate,
     ChannelServer,
     Contact,
@@ -120,6 +121,7 @@ class Node:
                  **self.data.methods()}
         if "queue" in self.roles:
             table.update(queue_methods(self.queue))
+            self.worker.local = self._call_local
         self.rpc.methods.update(table)
         self.peers: dict[bytes, PeerRow] = {}
         # (seq, expires) of the newest record checked for each peer this run.
@@ -136,6 +138,11 @@ class Node:
         self._peers_changed = trio.Event()
         self._round_done = trio.Event()
         self.admin_ops = {"status": self._op_status, "peers": self._op_peers}
+
+    async def _call_local(self, method: str, args: Any) -> Any:
+        """One of this node's RPC methods, called by the node itself (no network, the
+        same argument checks)."""
+        return await self.rpc.methods[method].fn(CallContext(self.cert, "local"), args)
 
     def role_addresses(self, role: str) -> dict[bytes, tuple[str, int]]:
         """Every live, unrevoked node with ``role`` we know (us too): id -> address."""

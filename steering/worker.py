@@ -2,14 +2,15 @@
 keep their leases alive, report their results (late binding, as PanDA's pilots).
 
 The worker knows the queue nodes from the DHT (the node's peers with the
-``queue`` role), asks a few of them at a time for as many jobs as its free
-slots take, renews all the leases it holds from one primary in one
-heartbeat, and reports each result to the job's primary — or, when that
-primary is gone, to the home member that took over.  Reports bound for one
-queue node while a message to it is on its way go together in the next one
-(group commit, as the state file does), so a busy worker sends one report
-message per round trip, not one per job.  A heartbeat answer
-``stale`` or ``cancelled`` kills the job's processes.
+``queue`` role), asks a few of them at a time (its own node's queue first,
+without the network) for as many jobs as its free slots take, renews all
+the leases it holds from one primary in one heartbeat, and reports each
+result to the job's primary — or, when that primary is gone, to the home
+member that took over.  Reports bound for one queue node while a message
+to it is on its way go together in the next one (group commit, as the
+state file does), so a busy worker sends one report message per round
+trip, not one per job.  A heartbeat answer ``stale`` or ``cancelled``
+kills the job's processes.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class Worker:
         "claims": 0, "jobs_claimed": 0, "jobs_reported": 0, "reports_refused": 0,
         "leases_lost": 0, "heartbeats": 0})
     _wake: trio.Event = field(default_factory=trio.Event)
+    # This node's own queue methods, called without the network (None: it has none).
+    local: Callable[[str, Any], Awaitable[Any]] | None = None
 
     def __post_init__(self) -> None:
         self._reports = Outbox(self._send_reports, MAX_BATCH)
@@ -82,6 +85,8 @@ class Worker:
         self._wake.set()
 
     async def _call(self, member: bytes, method: str, args: Any) -> Any:
+        if member == self.membership.me and self.local is not None:
+            return await self.local(method, args)
         return await call_member(self.membership, self.pool, member, method, args)
 
     # -- pulling ------------------------------------------------------------
@@ -103,6 +108,11 @@ class Worker:
         """Claim jobs for the free slots from a few queue nodes; start them."""
         queues = [q for q in self.membership.queue_nodes() if not self.membership.is_suspect(q)]
         random.shuffle(queues)
+        if self.local is not None and self.membership.me in queues:
+            # Our own queue first: its claims, and the reports of the jobs it leads,
+            # need no network; the others' jobs are taken when ours run out.
+            queues.remove(self.membership.me)
+            queues.insert(0, self.membership.me)
         started = 0
         for q in queues[:QUEUES_PER_ROUND]:
             cores, memory, disk = self.free()
