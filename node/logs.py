@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any
 
+from overlay import log_event
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 
@@ -55,5 +57,4 @@ def setup_logging(level: str) -> None:
         logging.getLogger(name).setLevel(quiet)
 
 
-def log(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
-    logger.log(level, event, extra={"fields": fields})
+log = log_event

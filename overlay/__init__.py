@@ -19,6 +19,7 @@ from .certs import (
 )
 from .channel import ChannelClosed, ChannelServer, Credentials, SecureChannel, open_channel
 from .dht import Contact, GridDht, LookupResult
+from .events import log_event
 from .identity import KeyPair, node_id_of, read_key, write_key
 from .pool import RpcPool
 from .records import (
@@ -82,6 +83,7 @@ __all__ = [
     "check_certificate",
     "dht_key",
     "expect",
+    "log_event",
     "node_id_of",
     "node_record_key",
     "open_channel",

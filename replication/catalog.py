@@ -43,6 +43,7 @@ from overlay import (
     RpcError,
     RpcPool,
     bad_request,
+    log_event,
 )
 
 from .dataset import DatasetName, DatasetNameError, DatasetRecord, replace_refusal
@@ -87,10 +88,7 @@ def _no_revocations() -> frozenset[bytes]:
 
 
 def log(event: str, level: int = logging.INFO, **fields: Any) -> None:
-    if not logger.isEnabledFor(level):
-        return
-    text = " ".join(f"{k}={v.hex() if isinstance(v, bytes) else v}" for k, v in fields.items())
-    logger.log(level, "%s %s", event, text)
+    log_event(logger, event, level, **fields)
 
 
 # -- where a record lives (pure) ---------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import trio
 
-from overlay import BadMessage, GridInfo, RpcError, RpcPool
+from overlay import BadMessage, GridInfo, RpcError, RpcPool, log_event
 
 from .homeset import (
     DEFAULT_R,
@@ -111,10 +111,7 @@ class QueueConfig:
 
 
 def log(event: str, level: int = logging.INFO, **fields: Any) -> None:
-    if not logger.isEnabledFor(level):
-        return
-    text = " ".join(f"{k}={v.hex() if isinstance(v, bytes) else v}" for k, v in fields.items())
-    logger.log(level, "%s %s", event, text)
+    log_event(logger, event, level, **fields)
 
 
 @dataclass
