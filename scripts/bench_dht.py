@@ -116,6 +116,9 @@ from kademlia.node import Node
 from overlay import Certificate, GridDht, GridInfo, KeyPair
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # benchlib, when loaded by path
+from benchlib import emit, log  # noqa: E402
+
 DOWN_FRACTION = 0.2
 PLAIN_DOWN_MAX_LOOKUPS = 40
 PLAIN_DOWN_BATCH = 10
@@ -137,11 +140,6 @@ def sources_sha256() -> dict[str, str]:
 
 
 SOURCES_AT_START = sources_sha256()
-
-
-def log(msg: str) -> None:
-    """Progress goes to stderr, so that --json leaves stdout to the JSON."""
-    print(msg, file=sys.stderr, flush=True)
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:
@@ -892,11 +890,7 @@ def main(argv: list[str] | None = None) -> int:
     wall["total"] = time.perf_counter() - started
 
     report = build_report(args, ours, plain, wall)
-    if args.json:
-        human(report, log)
-        print(json.dumps(report, sort_keys=True))
-    else:
-        human(report, print)
+    emit(report, args.json, human)
     return 0
 
 

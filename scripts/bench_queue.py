@@ -93,7 +93,6 @@ import dataclasses
 import gc
 import hashlib
 import io
-import json
 import math
 import os
 import pstats
@@ -117,6 +116,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # This tree's sources (and local_grid beside this script), whichever tree is installed.
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
+from benchlib import emit, log  # noqa: E402
 from local_grid import node_dir, prepare, terminate, wait_converged  # noqa: E402
 
 from node.admin import admin_call  # noqa: E402
@@ -153,11 +153,6 @@ def sources_sha256() -> dict[str, str]:
 
 
 SOURCES_AT_START = sources_sha256()
-
-
-def log(msg: str) -> None:
-    """Progress goes to stderr, so that --json leaves stdout to the JSON."""
-    print(msg, file=sys.stderr, flush=True)
 
 
 class BenchError(Exception):
@@ -935,11 +930,7 @@ def main(argv: list[str] | None = None) -> int:
     wall["total"] = time.perf_counter() - started
 
     report = build_report(args, grid, direct, claim, wall)
-    if args.json:
-        human(report, log)
-        print(json.dumps(report, sort_keys=True))
-    else:
-        human(report, print)
+    emit(report, args.json, human)
     return 0
 
 

@@ -49,8 +49,6 @@ import hashlib
 import json
 import math
 import os
-import pstats
-import resource
 import shutil
 import socket
 import struct
@@ -92,34 +90,14 @@ from replication import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # benchlib, when loaded by path
+from benchlib import cpu_seconds, emit, log, peak_rss_mb, print_profile  # noqa: E402
+
 MB = 1024 * 1024
 REQUEST = struct.Struct(">QQ")  # offset, length
 WARMUP_CHUNKS = 4
 TARGET_ONE = 0.5
 TARGET_MANY = 0.95
-PROFILE_LINES = 30
-
-
-def log(msg: str) -> None:
-    """Progress goes to stderr, so that --json leaves stdout to the JSON."""
-    print(msg, file=sys.stderr, flush=True)
-
-
-def peak_rss_mb() -> float:
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if sys.platform == "darwin":
-        kib //= 1024  # bytes there
-    return round(kib / 1024, 1)
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def print_profile(profile: cProfile.Profile, label: str) -> None:
-    log(f"-- profile: {label} (top {PROFILE_LINES} by own time) --")
-    pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(PROFILE_LINES)
 
 
 def mb_s(nbytes: int, seconds: float) -> float:
@@ -670,11 +648,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = build_report(args, manifest, results, holder_ends, plain_end,
                           time.perf_counter() - started)
-    if args.json:
-        human(report, log)
-        print(json.dumps(report, sort_keys=True))
-    else:
-        human(report, print)
+    emit(report, args.json, human)
     return 0
 
 

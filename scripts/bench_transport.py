@@ -71,8 +71,6 @@ import hashlib
 import json
 import math
 import os
-import pstats
-import resource
 import struct
 import subprocess
 import sys
@@ -93,6 +91,9 @@ from overlay.channel import ChannelServer, Credentials, SecureChannel, open_chan
 from overlay.rpc import CallContext, Method, RpcClient, RpcServer, open_rpc
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # benchlib, when loaded by path
+from benchlib import cpu_seconds, emit, log, peak_rss_mb, print_profile  # noqa: E402
+
 MB = 1024 * 1024
 BULK_REQUEST = struct.Struct(">QI")  # total bytes, chunk size
 LENGTH = struct.Struct(">I")
@@ -114,31 +115,6 @@ def sources_sha256() -> dict[str, str]:
 
 
 SOURCES_AT_START = sources_sha256()
-
-
-def log(msg: str) -> None:
-    """Progress goes to stderr, so that --json leaves stdout to the JSON."""
-    print(msg, file=sys.stderr, flush=True)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size (``ru_maxrss`` is in KiB on Linux)."""
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if sys.platform == "darwin":
-        kib //= 1024  # bytes there
-    return round(kib / 1024, 1)
-
-
-def cpu_seconds() -> float:
-    """User and system CPU time of this process so far."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def print_profile(profile: cProfile.Profile, label: str) -> None:
-    log(f"-- profile: {label} (top {PROFILE_LINES} by own time) --")
-    stats = pstats.Stats(profile, stream=sys.stderr)
-    stats.sort_stats("tottime").print_stats(PROFILE_LINES)
 
 
 # -- the servers (run as subprocesses of this script) ----------------------------------
@@ -269,7 +245,7 @@ def serve_main(mode: str, profile: bool) -> int:
     trio.run(_serve, mode)
     if prof is not None:
         prof.disable()
-        print_profile(prof, f"{mode} server")
+        print_profile(prof, f"{mode} server", PROFILE_LINES)
     print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
     return 0
 
@@ -811,14 +787,10 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers.values():
             server.kill()
     if prof is not None:
-        print_profile(prof, "client")
+        print_profile(prof, "client", PROFILE_LINES)
 
     report = build_report(args, results, rss, time.perf_counter() - started)
-    if args.json:
-        human(report, log)
-        print(json.dumps(report, sort_keys=True))
-    else:
-        human(report, print)
+    emit(report, args.json, human)
     return 0
 
 
