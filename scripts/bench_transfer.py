@@ -52,7 +52,6 @@ import os
 import shutil
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -91,7 +90,14 @@ from replication import (
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # benchlib, when loaded by path
-from benchlib import cpu_seconds, emit, log, peak_rss_mb, print_profile  # noqa: E402
+from benchlib import (  # noqa: E402
+    ServerProcess,
+    cpu_seconds,
+    emit,
+    log,
+    peak_rss_mb,
+    print_profile,
+)
 
 MB = 1024 * 1024
 REQUEST = struct.Struct(">QQ")  # offset, length
@@ -177,53 +183,6 @@ def serve_holder(root: Path, profile: bool) -> int:
                       "chunk_reads": counters.get("chunk_reads", 0),
                       "chunk_read_bytes": counters.get("chunk_read_bytes", 0)}), flush=True)
     return 0
-
-
-class ServerProcess:
-    """A server subprocess of this script: its first line, its CPU time, its last line."""
-
-    def __init__(self, name: str, argv: list[str], stdin_line: str | None = None) -> None:
-        self.name = name
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     cwd=ROOT)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
-        if stdin_line is not None:
-            self._stdin.write(stdin_line + "\n")
-            self._stdin.flush()
-        self.hello: dict[str, Any] = json.loads(self._readline("listened"))
-        self.last: dict[str, Any] = {}
-
-    def _readline(self, what: str) -> str:
-        line = self._stdout.readline()
-        if not line:
-            self.kill()
-            raise RuntimeError(f"the {self.name} exited ({self.proc.returncode}) before it "
-                               f"{what}; its stderr says why")
-        return line
-
-    def cpu_seconds(self) -> float:
-        """Its CPU time so far (blocks: call it from a thread)."""
-        self._stdin.write("cpu\n")
-        self._stdin.flush()
-        return float(json.loads(self._readline("said its CPU time"))["cpu_s"])
-
-    def stop(self) -> dict[str, Any]:
-        """Close its stdin; its last line (peak RSS...), {} if it did not say in 30 s."""
-        try:
-            out, _ = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return {}
-        lines = out.splitlines()
-        self.last = json.loads(lines[-1]) if lines else {}
-        return self.last
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 # -- setting up ---------------------------------------------------------------------------------
@@ -618,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
             f"chunks, {args.holders} holder stores")
         _, manifest, roots = make_dataset(work, size, args.holders)
         creds, lines = make_creds(args.holders)
-        plain = ServerProcess("plain sender", ["--serve", "plain", "--path",
+        plain = ServerProcess("plain sender", __file__, ["--serve", "plain", "--path",
                                                str(work / "source.bin")])
         servers.append(plain)
         holders = []
@@ -626,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = ["--serve", "holder", "--path", str(root)]
             if args.profile:
                 argv.append("--profile")
-            holders.append(ServerProcess(f"holder {i}", argv, line))
+            holders.append(ServerProcess(f"holder {i}", __file__, argv, line))
             servers.append(holders[-1])
         if prof is not None:
             prof.enable()

@@ -72,7 +72,6 @@ import json
 import math
 import os
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -92,7 +91,14 @@ from overlay.rpc import CallContext, Method, RpcClient, RpcServer, open_rpc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # benchlib, when loaded by path
-from benchlib import cpu_seconds, emit, log, peak_rss_mb, print_profile  # noqa: E402
+from benchlib import (  # noqa: E402
+    ServerProcess,
+    cpu_seconds,
+    emit,
+    log,
+    peak_rss_mb,
+    print_profile,
+)
 
 MB = 1024 * 1024
 BULK_REQUEST = struct.Struct(">QI")  # total bytes, chunk size
@@ -250,51 +256,10 @@ def serve_main(mode: str, profile: bool) -> int:
     return 0
 
 
-class ServerProcess:
-    """A server subprocess of this script: its ports, its CPU time, its peak RSS."""
-
-    def __init__(self, mode: str, profile: bool, stdin_line: str | None = None) -> None:
-        self.mode = mode
-        argv = [sys.executable, str(Path(__file__).resolve()), "--serve", mode]
-        if profile:
-            argv.append("--profile")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, cwd=ROOT)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
-        if stdin_line is not None:
-            self._stdin.write(stdin_line + "\n")
-            self._stdin.flush()
-        self.ports: dict[str, int] = json.loads(self._readline("listened"))
-
-    def _readline(self, what: str) -> str:
-        line = self._stdout.readline()
-        if not line:
-            self.kill()
-            raise RuntimeError(f"the {self.mode} server exited ({self.proc.returncode}) before "
-                               f"it {what}; its stderr says why")
-        return line
-
-    def cpu_seconds(self) -> float:
-        """Its CPU time so far (blocks: call it from a thread)."""
-        self._stdin.write("cpu\n")
-        self._stdin.flush()
-        return float(json.loads(self._readline("said its CPU time"))["cpu_s"])
-
-    def stop(self) -> float | None:
-        """Close its stdin; its peak RSS in MB (None if it did not say in 30 s)."""
-        try:
-            out, _ = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-        lines = out.splitlines()
-        return float(json.loads(lines[-1])["peak_rss_mb"]) if lines else None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+def server_process(mode: str, profile: bool, stdin_line: str | None = None) -> ServerProcess:
+    """This script's ``--serve MODE``: its first line holds its ports."""
+    return ServerProcess(f"{mode} server", __file__,
+                         ["--serve", mode] + (["--profile"] if profile else []), stdin_line)
 
 
 # -- the client side ----------------------------------------------------------------------
@@ -564,21 +529,21 @@ async def run_client(args: argparse.Namespace, servers: dict[str, ServerProcess]
     meter = Meter(plain, args.repeat)
 
     log(f"plain: bulk {args.bulk_mb} MB in {args.chunk_kb} KiB chunks")
-    results["plain_bulk"] = await bulk_plain(meter, plain.ports["bulk"], total, chunk)
+    results["plain_bulk"] = await bulk_plain(meter, plain.hello["bulk"], total, chunk)
     log(f"plain: {args.calls} echo calls at concurrency {', '.join(map(str, levels))}")
-    results["plain_calls"] = await calls_plain(meter, plain.ports["echo"], args.calls, levels)
+    results["plain_calls"] = await calls_plain(meter, plain.hello["echo"], args.calls, levels)
     results["rss_mb_client_after_plain"] = peak_rss_mb()
 
     meter = Meter(channel, args.repeat)
     log(f"channel: bulk {args.bulk_mb} MB as an RPC stream (window {args.window})")
-    async with open_rpc("127.0.0.1", channel.ports["rpc"], creds) as client:
+    async with open_rpc("127.0.0.1", channel.hello["rpc"], creds) as client:
         results["rpc_bulk"] = await bulk_rpc(meter, client, total, chunk, args.window)
         log(f"channel: {args.calls} RPC echo calls at concurrency "
             f"{', '.join(map(str, levels))}")
         results["rpc_calls"] = await calls_rpc(meter, client, args.calls, levels)
     if not args.skip_raw:
         log(f"channel: bulk {args.bulk_mb} MB with SecureChannel.send/receive, no RPC")
-        results["channel_bulk"] = await bulk_channel(meter, channel.ports["channel"], creds,
+        results["channel_bulk"] = await bulk_channel(meter, channel.hello["channel"], creds,
                                                      total, chunk)
 
 
@@ -771,15 +736,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     prof = cProfile.Profile() if args.profile else None
     try:
-        servers["plain"] = ServerProcess("plain", args.profile)
-        servers["channel"] = ServerProcess("channel", args.profile, server_line)
+        servers["plain"] = server_process("plain", args.profile)
+        servers["channel"] = server_process("channel", args.profile, server_line)
         if prof is not None:
             prof.enable()
         trio.run(run_client, args, servers, creds, results)
         if prof is not None:
             prof.disable()
         for name, server in servers.items():
-            rss[name] = server.stop()
+            rss[name] = server.stop().get("peak_rss_mb")
     except (RuntimeError, OSError) as exc:
         log(f"error: {exc}")
         return 1
