@@ -66,6 +66,16 @@ async def _receive_exactly(stream: trio.SocketStream, n: int) -> bytes | None:
 
 async def _serve_connection(stream: trio.SocketStream, handler: Handler,
                             counters: dict[str, int]) -> None:
+    """Serve one admin client; a client that goes away mid-request (a killed CLI, a
+    script stopped with Ctrl-C) ends only its own connection."""
+    try:
+        await _serve_requests(stream, handler, counters)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log(logger, "admin.client_gone", logging.DEBUG, reason=str(exc))
+
+
+async def _serve_requests(stream: trio.SocketStream, handler: Handler,
+                          counters: dict[str, int]) -> None:
     async with stream:
         while True:
             header = await _receive_exactly(stream, _LEN.size)

@@ -280,3 +280,30 @@ async def test_a_failing_handler_is_counted_and_the_node_keeps_serving(short_tmp
                 await call(path, "status")
             assert n.counters["admin_errors"] == 1
             assert await call(path, "peers") == []
+
+
+async def test_a_client_gone_before_its_answer_does_not_stop_the_server(short_tmp):
+    path = short_tmp / "admin.sock"
+    answered = trio.Event()
+
+    async def handler(op: str, args: dict[str, Any]) -> Any:
+        if op == "slow":
+            await trio.sleep(0.3)  # the client hangs up meanwhile
+            answered.set()
+            return {"big": "x" * 300_000}  # more than a socket buffer takes
+        return {"pong": True, **args}
+
+    counters = {"admin_refused": 0}
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_admin, path, handler, counters)
+            body = packb({"op": "slow", "args": {}})
+            for _ in range(3):
+                stream = await trio.open_unix_socket(str(path))
+                await stream.send_all(LEN.pack(len(body)) + body)
+                await stream.aclose()  # gone before the answer
+                await answered.wait()
+                answered = trio.Event()
+            await trio.sleep(0.1)
+            assert await call(path, "ping", n=2) == {"pong": True, "n": 2}
+            nursery.cancel_scope.cancel()
