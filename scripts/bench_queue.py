@@ -96,10 +96,8 @@ import io
 import math
 import os
 import pstats
-import random
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -117,7 +115,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from benchlib import emit, log  # noqa: E402
-from local_grid import node_dir, prepare, terminate, wait_converged  # noqa: E402
+from local_grid import (  # noqa: E402
+    free_base_port,
+    node_dir,
+    prepare,
+    terminate,
+    wait_converged,
+)
 
 from node.admin import admin_call  # noqa: E402
 from node.client import Client  # noqa: E402
@@ -199,26 +203,6 @@ def the_spec() -> JobSpec:
 
 
 # -- the grid ---------------------------------------------------------------------------
-
-
-def free_base_port(n: int) -> int:
-    """A base port with ``n`` free UDP and TCP ports after it (node i listens on base + i)."""
-    for _ in range(100):
-        base = random.randrange(20000, 60000 - n)
-        socks = []
-        try:
-            for i in range(n):
-                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                    s = socket.socket(socket.AF_INET, kind)
-                    socks.append(s)
-                    s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise BenchError(f"no range of {n} free ports found on 127.0.0.1")
 
 
 def configure(root: Path, n: int, cores: int, log_level: str) -> None:
@@ -539,7 +523,10 @@ def run_grid(args: argparse.Namespace) -> dict[str, Any]:
     procs: dict[int, subprocess.Popen] = {}
     out: dict[str, Any] = {"grid_error": None}
     try:
-        base = free_base_port(n)
+        try:
+            base = free_base_port(n)
+        except RuntimeError as exc:
+            raise BenchError(str(exc)) from None
         log(f"[grid] preparing {n} nodes in {root} on 127.0.0.1:{base}-{base + n - 1}")
         with contextlib.redirect_stdout(sys.stderr):
             prepare(root, n, base)

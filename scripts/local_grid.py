@@ -21,7 +21,9 @@ import contextlib
 import io
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +37,27 @@ from node.errors import UserError
 def log(msg: str) -> None:
     """Progress goes to stderr, so that --json leaves stdout to the JSON."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def free_base_port(n: int) -> int:
+    """A base port with ``n`` free UDP and TCP ports after it (node i listens on base + i);
+    RuntimeError when 100 random tries found none."""
+    for _ in range(100):
+        base = random.randrange(20000, 60000 - n)
+        socks = []
+        try:
+            for i in range(n):
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no range of {n} free ports found on 127.0.0.1")
 
 
 def node_dir(root: Path, i: int) -> Path:

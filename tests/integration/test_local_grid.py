@@ -2,41 +2,32 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "local_grid.py"
 
+
+def _load_script() -> Any:
+    spec = importlib.util.spec_from_file_location("local_grid", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+free_base_port = _load_script().free_base_port
+
 pytestmark = pytest.mark.slow
-
-
-def free_base_port(n: int) -> int:
-    """A base port with ``n`` free UDP and TCP ports after it."""
-    for _ in range(50):
-        base = random.randrange(20000, 60000)
-        socks = []
-        try:
-            for i in range(n):
-                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                    s = socket.socket(socket.AF_INET, kind)
-                    socks.append(s)
-                    s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 def gridnode(*args: str) -> subprocess.CompletedProcess:
