@@ -304,6 +304,5 @@ async def test_a_client_gone_before_its_answer_does_not_stop_the_server(short_tm
                 await stream.aclose()  # gone before the answer
                 await answered.wait()
                 answered = trio.Event()
-            await trio.sleep(0.1)
             assert await call(path, "ping", n=2) == {"pong": True, "n": 2}
             nursery.cancel_scope.cancel()
