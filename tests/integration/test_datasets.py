@@ -222,3 +222,16 @@ async def test_a_job_that_ran_twice_registers_its_outputs_once(grid4, tmp_path):
         assert view.holders["0/made.txt"] == done.history[-1].node != g.ids[first]
         await c.get(f"{done.job.user.name}:{task}.out", tmp_path / "got")
     assert (tmp_path / "got" / "0" / "made.txt").read_text().strip() == str(done.attempt)
+
+
+async def test_a_get_into_an_unwritable_directory_is_a_one_line_error(grid4, tmp_path):
+    g = grid4
+    (tmp_path / "f").write_bytes(b"data")
+    async with Client.connect(g.address(0), user_dir=g.user_dir) as c:
+        await c.put("small", [tmp_path / "f"])
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the output directory should be")
+    code, _, err = await run_cli("get", "--via", g.address(1), "--user-dir", str(g.user_dir),
+                                 "small", "--out", str(blocker / "out"))
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "not-a-dir" in err
