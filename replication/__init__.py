@@ -1,8 +1,6 @@
 """Data: chunk store, file manifests, signed dataset records, the catalog, chunk
-transfers.
-
-Access trends and the replica policy land next
-(see docs/datasets.md).  The layers above use only the names exported here.
+transfers, access trends and the replica policy (see docs/datasets.md and
+docs/replication.md).  The layers above use only the names exported here.
 """
 
 from .catalog import (
@@ -46,6 +44,19 @@ from .dataset import (
     replace_refusal,
 )
 from .manifest import FileManifest, ManifestError, check_file_name, write_file
+from .policy import (
+    Action,
+    DatasetState,
+    Decision,
+    Holder,
+    Memory,
+    NodeInfo,
+    PolicyError,
+    PolicyParams,
+    RateLimit,
+    decide,
+    target_count,
+)
 from .transfer import (
     CHUNK_HAVE,
     CHUNK_READ,
@@ -59,8 +70,26 @@ from .transfer import (
     chunk_methods,
     read_chunk,
 )
+from .trends import AccessLog, DemandBook, Trend, TrendError, TrendParams, estimate
 
 __all__ = [
+    "Action",
+    "DatasetState",
+    "Decision",
+    "Holder",
+    "Memory",
+    "NodeInfo",
+    "PolicyError",
+    "PolicyParams",
+    "RateLimit",
+    "decide",
+    "target_count",
+    "AccessLog",
+    "DemandBook",
+    "Trend",
+    "TrendError",
+    "TrendParams",
+    "estimate",
     "CHUNK_SIZE",
     "CatalogClient",
     "CatalogError",
