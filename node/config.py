@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from overlay import ROLES
+from replication import PolicyError, PolicyParams, TrendError, TrendParams
 
 from .errors import UserError
 
@@ -104,6 +105,44 @@ class StorageSection:
 
 
 @dataclass(frozen=True)
+class ReplicationSection:
+    """Access trends and the replica policy (docs/replication.md says why these)."""
+
+    # Seconds of one access bucket; buckets kept; Holt's level and slope smoothing;
+    # buckets ahead the prediction looks.
+    bucket_seconds: float = 300.0
+    window: int = 12
+    alpha: float = 0.5
+    beta: float = 0.3
+    horizon: int = 2
+    # Predicted reads per bucket one replica serves.
+    reads_per_replica: float = 4.0
+    # Seconds above the target before a replica is trimmed.
+    cooldown: float = 1800.0
+    # Seconds a holder may stay unseen and still count.
+    grace: float = 600.0
+    # Seconds a requested copy counts before it is asked again.
+    add_timeout: float = 1800.0
+    # New replicas per decision; nodes at this load (0-1) get none; free disk kept.
+    max_adds: int = 2
+    max_load: float = 0.9
+    headroom: float = 0.1
+    # Seconds between a custodian's decisions and between summaries to custodians.
+    interval: float = 60.0
+    # Replica copies this node pulls at once, and the MB/s they may fetch together.
+    max_pulls: int = 2
+    rate_mb_s: float = 100.0
+
+    def trend_params(self) -> TrendParams:
+        return TrendParams(self.bucket_seconds, self.window, self.alpha, self.beta,
+                           self.horizon)
+
+    def policy_params(self) -> PolicyParams:
+        return PolicyParams(self.reads_per_replica, self.cooldown, self.grace,
+                            self.add_timeout, self.max_adds, self.max_load, self.headroom)
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
     bootstrap: tuple[str, ...] = ()
@@ -122,6 +161,7 @@ class Config:
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     queue: QueueSection = field(default_factory=QueueSection)
     storage: StorageSection = field(default_factory=StorageSection)
+    replication: ReplicationSection = field(default_factory=ReplicationSection)
     # Labels this node offers jobs (a job's requirement "labels" must be among them).
     labels: tuple[str, ...] = ()
 
@@ -136,7 +176,8 @@ class Config:
 
 
 _SECTIONS = {"capacity": Capacity, "dht": DhtConfig, "channel": ChannelConfig,
-             "queue": QueueSection, "storage": StorageSection}
+             "queue": QueueSection, "storage": StorageSection,
+             "replication": ReplicationSection}
 
 
 def _check_type(key: str, value: Any, default: Any) -> Any:
@@ -211,6 +252,18 @@ def validate(cfg: Config) -> Config:
     if not 1 <= st.catalog_replicas <= 15 or st.announce_interval < 1:
         raise ConfigError("storage.catalog_replicas must be 1-15 and storage.announce_interval "
                           "at least 1 s")
+    rep = cfg.replication
+    try:
+        rep.trend_params()
+        rep.policy_params()
+    except (TrendError, PolicyError) as exc:
+        raise ConfigError(f"replication.{exc}") from None
+    if not (rep.interval > 0 and rep.max_pulls >= 1 and rep.rate_mb_s > 0):
+        raise ConfigError("replication.interval, max_pulls and rate_mb_s must be positive")
+    if rep.grace <= st.announce_interval:
+        raise ConfigError(f"replication.grace ({rep.grace:g} s) must be longer than "
+                          f"storage.announce_interval ({st.announce_interval:g} s), or every "
+                          f"holder would count as lost between two announcements")
     ch = cfg.channel
     if not 4096 <= ch.max_frame <= 64 * 1024 * 1024:
         raise ConfigError("channel.max_frame must be 4096-67108864 bytes")

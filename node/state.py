@@ -67,6 +67,16 @@ MIGRATIONS: list[str] = [
         since    REAL NOT NULL        -- wall-clock seconds
     );
     """,
+    # 4: reads of datasets per requesting site and time bucket (replication.trends).
+    """
+    CREATE TABLE access (
+        name   TEXT NOT NULL,         -- scope:name
+        site   TEXT NOT NULL,         -- the site that read it
+        bucket INTEGER NOT NULL,      -- time bucket (seconds // bucket_seconds)
+        reads  INTEGER NOT NULL,
+        PRIMARY KEY (name, site, bucket)
+    );
+    """,
 ]
 
 
@@ -286,6 +296,22 @@ class State:
     async def load_holdings(self) -> list[tuple[str, int, bytes, float]]:
         rows = await self._fetchall("SELECT name, version, record, since FROM holdings")
         return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def add_access(self, rows: Iterable[tuple[str, str, int, int]]) -> None:
+        """Add reads (name, site, bucket, reads) to the access counts."""
+        await self._write([(
+            "INSERT INTO access (name, site, bucket, reads) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (name, site, bucket) DO UPDATE SET reads = reads + excluded.reads",
+            list(rows))])
+
+    async def load_access(self, first_bucket: int) -> list[tuple[str, str, int, int]]:
+        """Access counts from ``first_bucket`` on; older ones are deleted."""
+        await self.prune_access(first_bucket)
+        rows = await self._fetchall("SELECT name, site, bucket, reads FROM access")
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def prune_access(self, first_bucket: int) -> None:
+        await self._write([("DELETE FROM access WHERE bucket < ?", (first_bucket,))])
 
     async def load_slots(self) -> list[tuple[bytes, int, int, bytes | None]]:
         rows = await self._fetchall("SELECT job_id, promised, ballot, record FROM job_slots")

@@ -57,6 +57,12 @@ from .policy import (
     decide,
     target_count,
 )
+from .summary import (
+    Summary,
+    SummaryEntry,
+    open_summary_untrusted,
+    seal_summaries,
+)
 from .transfer import (
     CHUNK_HAVE,
     CHUNK_READ,
@@ -73,6 +79,10 @@ from .transfer import (
 from .trends import AccessLog, DemandBook, Trend, TrendError, TrendParams, estimate
 
 __all__ = [
+    "Summary",
+    "SummaryEntry",
+    "open_summary_untrusted",
+    "seal_summaries",
     "Action",
     "DatasetState",
     "Decision",
