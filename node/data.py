@@ -65,6 +65,7 @@ from steering import MAX_OUTPUTS
 from .executor import StageInError, StageOutError
 from .logs import log
 from .outputs import OutputView, task_of
+from .replicas import ReplicaService
 
 if TYPE_CHECKING:
     from .daemon import Node
@@ -97,6 +98,7 @@ class DataService:
         self.holdings: dict[str, DatasetRecord] = {}
         self._fetching: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        self.replicas = ReplicaService(node, self)
 
     def _revoked(self) -> frozenset[bytes]:
         return self.node.revocations.revoked
@@ -108,6 +110,9 @@ class DataService:
 
     def _catalog_nodes(self) -> dict[bytes, tuple[str, int]]:
         return self._addresses("catalog")
+
+    def storage_nodes(self) -> dict[bytes, tuple[str, int]]:
+        return self._addresses("storage")
 
     async def _open_client(self, holder: bytes) -> RpcClient:
         address = self._addresses("storage").get(holder)
@@ -132,23 +137,27 @@ class DataService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._announce_loop)
+            await nursery.start(self.replicas.run)
             task_status.started()
 
     async def _announce_loop(self) -> None:
         interval = self.node.cfg.storage.announce_interval
         while True:
             for rec in list(self.holdings.values()):
-                await self._announce(rec)
+                await self.announce(rec)
             await trio.sleep(interval)
 
-    async def _announce(self, rec: DatasetRecord) -> None:
+    async def announce(self, rec: DatasetRecord, flag: str | None = None) -> None:
+        """Put this node in the dataset's provider set; ``flag`` "gone" takes it out,
+        and a replica announced as leaving says so (it serves reads, counts for none)."""
         now = time.time()
         seq = max(int(now * 1000), self.counters["announce_seq"] + 1)
         self.counters["announce_seq"] = seq
         record = SignedRecord.create(
             self.node.key, self.node.cert, key=provider_key("dataset", str(rec.name)),
             kind="provider", seq=seq, expires=int(now) + self.node.cfg.record_ttl,
-            value=packb([rec.version]))
+            value=packb([rec.version, flag or ("leaving" if str(rec.name) in
+                                               self.replicas.leaving else "held")]))
         try:
             await self.node.dht.put(record)
         except Exception as exc:  # the next round tries again
@@ -157,25 +166,37 @@ class DataService:
 
     # -- replicas ------------------------------------------------------------
 
-    async def holders(self, name: DatasetName) -> dict[bytes, int]:
-        """Live holders of a dataset (node id -> version they hold), from the DHT."""
-        out: dict[bytes, int] = {}
+    async def holder_views(self, name: DatasetName) -> dict[bytes, tuple[int, float, bool]]:
+        """Holders of a dataset from its DHT provider set: node id -> (version held,
+        when it last announced, leaving); nodes that announced "gone" are left out."""
+        out: dict[bytes, tuple[int, float, bool]] = {}
         storage = self._addresses("storage")
+        newest: dict[bytes, int] = {}
         for rec in await self.node.dht.get(provider_key("dataset", str(name))):
-            if rec.kind != "provider" or rec.signer not in storage:
+            if (rec.kind != "provider" or rec.signer not in storage
+                    or rec.seq <= newest.get(rec.signer, -1)):
                 continue
             try:
                 value = unpack(rec.value)
-                version = value[0]
-                if type(version) is not int:
+                version, flag = value[0], (value[1] if len(value) > 1 else "held")
+                if type(version) is not int or flag not in ("held", "leaving", "gone"):
                     raise BadMessage("version")
             except (BadMessage, TypeError, IndexError, KeyError):
                 continue
-            out[rec.signer] = max(version, out.get(rec.signer, 0))
+            newest[rec.signer] = rec.seq
+            out[rec.signer] = (version, rec.seq / 1000, flag == "leaving")
+            if flag == "gone":
+                del out[rec.signer]
         mine = self.holdings.get(str(name))
+        out.pop(self.node.key.id, None)
         if mine is not None:
-            out[self.node.key.id] = mine.version
+            out[self.node.key.id] = (mine.version, time.time(),
+                                     str(name) in self.replicas.leaving)
         return out
+
+    async def holders(self, name: DatasetName) -> dict[bytes, int]:
+        """Live holders of a dataset (node id -> version they hold), from the DHT."""
+        return {n: v for n, (v, _, _) in (await self.holder_views(name)).items()}
 
     async def hold(self, rec: DatasetRecord, reason: str) -> None:
         """Every file of ``rec`` is here: keep it, announce it."""
@@ -188,7 +209,23 @@ class DataService:
         self.counters["replicas_added"] += 1
         log(logger, "replica.held", dataset=name, version=rec.version, files=len(rec.files),
             bytes=rec.size, reason=reason)
-        await self._announce(rec)
+        await self.announce(rec)
+
+    async def drop(self, rec: DatasetRecord, reason: str) -> int:
+        """Stop holding ``rec``: out of the holdings and the provider set, then its
+        chunks that no other replica here and no job output needs; bytes freed."""
+        name = str(rec.name)
+        await self.node.state.remove_holding(name)
+        del self.holdings[name]
+        await self.announce(rec, "gone")
+        keep = {h for r in self.holdings.values() for m in r.files for h in m.chunks}
+        keep |= await self.node.state.output_chunks()
+        doomed = {h for m in rec.files for h in m.chunks} - keep
+        freed = await trio.to_thread.run_sync(_delete_chunks, self.store, doomed)
+        self.counters["replicas_dropped"] += 1
+        log(logger, "replica.dropped", dataset=name, version=rec.version, chunks=len(doomed),
+            bytes=freed, reason=reason)
+        return freed
 
     async def missing(self, rec: DatasetRecord, files: list[str] | None = None) -> list[bytes]:
         """The chunks of these files (default: all) that are not in the store."""
@@ -284,6 +321,7 @@ class DataService:
             self.counters["stage_outs_failed"] += 1
             raise StageOutError(f"outputs: {exc}") from None
         self.counters["output_files"] += len(manifests)
+        await self.node.state.pin_output_chunks({h for m in manifests for h in m.chunks})
         return [m.to_wire() for m in manifests]
 
     async def check_inputs(self, inputs: tuple[str, ...], user: str) -> tuple[str, str]:
@@ -312,6 +350,7 @@ class DataService:
                 name = parse_dataset_name(text, user)
                 rec = await self.record(name)
                 self.counters["stage_ins"] += 1
+                self.replicas.read(str(rec.name), "stage_in")
                 await self.ensure_local(rec, why=f"stage-in of job {job[:12]}")
                 dest = sandbox / "inputs" / name.scope / name.name
                 await trio.to_thread.run_sync(_place_files, self.store, rec, dest)
@@ -330,6 +369,7 @@ class DataService:
     def methods(self) -> dict[str, Method]:
         table = {
             **chunk_methods(self.store, self.counters),
+            **self.replicas.methods(),
             "data.upload": Method(self._upload, access="user"),
             "dataset.put": Method(self._put, access="user"),
             "dataset.get": Method(self._get),
@@ -483,6 +523,8 @@ class DataService:
         if manifest is None:
             raise RpcError("not_found", f"dataset {name} has no file {file_name!r}")
         self.counters["dataset_reads"] += 1
+        if not isinstance(rec, OutputView):
+            self.replicas.read(str(rec.name), "get")
 
         async def fetch(why: str) -> None:
             if isinstance(rec, OutputView):
@@ -520,8 +562,21 @@ class DataService:
             reason=why)
 
     async def _pull(self, ctx: CallContext, args: Any) -> str:
-        rec = await self.record(self._name(args, ctx))
-        await self.ensure_local(rec, why=f"replica asked for by {ctx.peer_id.hex()[:12]}")
+        return await self.pull(str(self._name(args, ctx)),
+                               f"replica asked for by {ctx.peer_id.hex()[:12]}")
+
+    async def pull(self, name: str, why: str) -> str:
+        """Take a replica: at most ``replication.max_pulls`` at once, and their bytes
+        admitted by the node's replication token bucket."""
+        rec = await self.record(parse_dataset_name(name, ""))
+        if name in self.holdings and self.holdings[name].version >= rec.version:
+            return "held"
+        async with self.replicas.pulls:
+            need = len(await self.missing(rec)) * CHUNK_SIZE
+            limit = self.replicas.rate
+            if limit is not None and need:
+                await trio.sleep(limit.take(min(need, rec.size), trio.current_time()))
+            await self.ensure_local(rec, why=why)
         return "held"
 
 
@@ -559,6 +614,18 @@ def _place_files(store: ChunkStore, rec: DatasetRecord, dest: Path) -> None:
             except OSError:
                 pass  # another file system: copy it
         write_file(m, store, path)
+
+
+def _delete_chunks(store: ChunkStore, hashes: set[bytes]) -> int:
+    freed = 0
+    for h in hashes:
+        try:
+            size = store.path(h).stat().st_size
+        except OSError:
+            continue
+        if store.delete(h):
+            freed += size
+    return freed
 
 
 def _clear_uploads(uploads: Path) -> None:
