@@ -97,6 +97,8 @@ class DataService:
         self.fetcher = Fetcher(self.store, self._open_client)
         self.holdings: dict[str, DatasetRecord] = {}
         self._fetching: dict[str, trio.Event] = {}
+        self._readers: dict[str, int] = {}  # reads in progress per dataset
+        self._reading: dict[str, DatasetRecord] = {}
         self._nursery: trio.Nursery | None = None
         self.replicas = ReplicaService(node, self)
 
@@ -235,9 +237,10 @@ class DataService:
         return [h for h, ok in zip(hashes, have, strict=True) if not ok]
 
     async def ensure_local(self, rec: DatasetRecord, files: list[str] | None = None,
-                           why: str = "read") -> int:
+                           why: str = "read", hold: bool = True) -> int:
         """Fetch what this node lacks of ``rec`` (or of some files) from its holders;
-        the bytes fetched. The whole dataset here makes this node a holder."""
+        the bytes fetched. With ``hold``, the whole dataset here makes this node a
+        holder; without, what was fetched is scratch for one read (:meth:`reading`)."""
         name = str(rec.name)
         while name in self._fetching:  # one fetch of a dataset at a time
             await self._fetching[name].wait()
@@ -270,12 +273,44 @@ class DataService:
                 self.counters["bytes_fetched"] += fetched
                 log(logger, "transfer.done", dataset=name, chunks=stats.chunks_fetched,
                     bytes=fetched, seconds=round(stats.seconds, 3), reason=why)
-            if files is None or not await self.missing(rec):
+            if hold and (files is None or not await self.missing(rec)):
                 await self.hold(rec, f"all files here after a {why}")
             return fetched
         finally:
             del self._fetching[name]
             done.set()
+
+    def begin_read(self, rec: DatasetRecord) -> bool:
+        """A read of ``rec`` starts here; whether this node holds it (then what the read
+        fetches updates the replica; otherwise it is scratch, removed by the last
+        reader: only the custodian's decisions add replicas)."""
+        name = str(rec.name)
+        self._readers[name] = self._readers.get(name, 0) + 1
+        self._reading[name] = rec
+        return name in self.holdings
+
+    def end_read(self, rec: DatasetRecord) -> None:
+        name = str(rec.name)
+        self._readers[name] -= 1
+        if self._readers[name]:
+            return
+        del self._readers[name], self._reading[name]
+        if name not in self.holdings and self._nursery is not None:
+            self._nursery.start_soon(self._clear_scratch, rec)
+
+    async def _clear_scratch(self, rec: DatasetRecord) -> None:
+        name = str(rec.name)
+        if name in self.holdings or name in self._readers or name in self._fetching:
+            return
+        keep = {h for r in (*self.holdings.values(), *self._reading.values())
+                for m in r.files for h in m.chunks}
+        keep |= await self.node.state.output_chunks()
+        doomed = {h for m in rec.files for h in m.chunks} - keep
+        freed = await trio.to_thread.run_sync(_delete_chunks, self.store, doomed)
+        if freed:
+            self.counters["scratch_bytes_freed"] += freed
+            log(logger, "scratch.cleared", dataset=name, chunks=len(doomed), bytes=freed,
+                reason="read done; this node holds no replica of it")
 
     async def replicate_to_min(self, rec: DatasetRecord) -> int:
         """Ask storage nodes to pull copies until the policy's minimum holds them."""
@@ -351,9 +386,13 @@ class DataService:
                 rec = await self.record(name)
                 self.counters["stage_ins"] += 1
                 self.replicas.read(str(rec.name), "stage_in")
-                await self.ensure_local(rec, why=f"stage-in of job {job[:12]}")
-                dest = sandbox / "inputs" / name.scope / name.name
-                await trio.to_thread.run_sync(_place_files, self.store, rec, dest)
+                held = self.begin_read(rec)
+                try:
+                    await self.ensure_local(rec, why=f"stage-in of job {job[:12]}", hold=held)
+                    dest = sandbox / "inputs" / name.scope / name.name
+                    await trio.to_thread.run_sync(_place_files, self.store, rec, dest)
+                finally:
+                    self.end_read(rec)
             except (DatasetNameError, RpcError, ChunkError, ManifestError, OSError) as exc:
                 self.counters["stage_ins_failed"] += 1
                 raise StageInError(f"input {text}: {exc}") from None
@@ -530,18 +569,23 @@ class DataService:
             if isinstance(rec, OutputView):
                 await self._fetch_output(rec, manifest, why)
             else:
-                await self.ensure_local(rec, [file_name], why=why)
+                await self.ensure_local(rec, [file_name], why=why, hold=held)
 
-        await fetch(f"read by {ctx.peer.name}")
-        for h in manifest.chunks:
-            try:
-                data = await trio.to_thread.run_sync(self.store.get, h)
-            except ChunkError as exc:  # corrupt on disk: quarantined; fetch it again
-                log(logger, "chunk.refetch", logging.WARNING, chunk=h, reason=str(exc))
-                await fetch("a chunk was corrupt on disk")
-                data = await trio.to_thread.run_sync(self.store.get, h)
-            for i in range(0, len(data), PIECE):
-                yield data[i:i + PIECE]
+        held = isinstance(rec, OutputView) or self.begin_read(rec)
+        try:
+            await fetch(f"read by {ctx.peer.name}")
+            for h in manifest.chunks:
+                try:
+                    data = await trio.to_thread.run_sync(self.store.get, h)
+                except ChunkError as exc:  # corrupt on disk: quarantined; fetch it again
+                    log(logger, "chunk.refetch", logging.WARNING, chunk=h, reason=str(exc))
+                    await fetch("a chunk was corrupt on disk")
+                    data = await trio.to_thread.run_sync(self.store.get, h)
+                for i in range(0, len(data), PIECE):
+                    yield data[i:i + PIECE]
+        finally:
+            if isinstance(rec, DatasetRecord):
+                self.end_read(rec)
 
     async def _fetch_output(self, view: OutputView, m: FileManifest, why: str) -> None:
         """The chunks of one output file this node lacks, from the node that made it."""
