@@ -1,6 +1,7 @@
 """Autonomous replication on real node processes: repair after a holder dies,
-replicas that grow toward the sites reading a dataset, and shrink back when
-the reads stop."""
+replicas that grow toward the sites reading a dataset, shrink back when the
+reads stop, and a holder that comes back after its replica was restored
+elsewhere is trimmed away."""
 
 from __future__ import annotations
 
@@ -116,6 +117,11 @@ async def test_replicas_are_repaired_follow_demand_and_shrink_back(short_tmp, tm
             kinds = [d["kind"] for d in info["decisions"]]
             assert "announce_drop" in kinds and "drop" in kinds
             assert info["target"] == 2
+
+            # The killed holder comes back with its old replica: surplus, trimmed again.
+            g.start(victim)
+            await wait_counted(c, name, lambda h: victim_id in h and len(h) == 3, 60)
+            await wait_counted(c, name, lambda h: len(h) == 2, 60)
         code, out, err = await run_cli("replicas", "--via", g.address(0), "--user-dir",
                                        str(g.user_dir), name, "--explain")
         assert code == 0, err
