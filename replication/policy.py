@@ -26,10 +26,21 @@ The rules, each of which a test holds:
 - **Trim after cool-down, two-phase.**  When the count has stayed above the
   target for ``cooldown`` seconds, one replica — where demand per replica is
   lowest — is announced as leaving (``announce_drop``: it still serves
-  reads but no longer counts).  At the next decision, if the others still
-  make the target, it is deleted (``drop``); if not, the announcement is
-  withdrawn (``cancel_drop``).  The last replica is never deleted: a drop
-  needs the target (at least one) met without it.
+  reads but no longer counts).  At a later decision, once the others have
+  been seen since the announcement and make the target, it is deleted
+  (``drop``); if they no longer make the target, the announcement is
+  withdrawn (``cancel_drop``); while a holder that would make it is unseen
+  since (perhaps dead, still within the grace), it waits, at most for the
+  grace.  The last replica is never deleted: a drop needs the target (at
+  least one) met without it by holders seen after the announcement.  One
+  replica is trimmed at a time.
+- **Announced elsewhere.**  A replica another custodian announced as leaving
+  does not count, but it still holds the data: when the count is short of
+  the target it is taken back (``cancel_drop``) before new copies are
+  asked for, so the announcer's own withdrawal and our adds cannot together
+  exceed ``max_replicas``; otherwise its phase two is taken over as if it
+  were ours, so an announcement whose custodian went away is not left
+  standing.
 """
 
 from __future__ import annotations
@@ -111,6 +122,15 @@ class DatasetState:
     max_replicas: int
     holders: tuple[Holder, ...]
 
+    def __post_init__(self) -> None:
+        if not (type(self.size) is int and self.size >= 0):
+            raise PolicyError(f"size must be >= 0 bytes, got {self.size!r}")
+        lo, hi = self.min_replicas, self.max_replicas
+        if not (type(lo) is int and lo >= 1):
+            raise PolicyError(f"min_replicas must be >= 1, got {lo!r}")
+        if not (type(hi) is int and hi >= lo):
+            raise PolicyError(f"max_replicas must be >= min_replicas ({lo}), got {hi!r}")
+
 
 @dataclass(frozen=True)
 class Action:
@@ -168,16 +188,36 @@ def decide(ds: DatasetState, trend: Trend, by_site: Mapping[str, float],
     counted = sorted(n for n in alive if not holders[n].leaving and n not in memory.leaving)
     actions: list[Action] = []
 
-    # Phase two of the drops announced last time: delete, or take back.
-    for n in sorted(memory.leaving):
-        del memory.leaving[n]
-        if len(counted) >= target:
-            actions.append(Action("drop", n, f"{len(counted)} other replicas meet the "
-                                  f"target of {target}", now))
-        else:
+    # Phase two of the drops announced earlier: delete once the others are seen to
+    # make the target, take back if they no longer can, else wait.
+    mine = set(memory.leaving)
+    for n in sorted(mine):
+        since = memory.leaving[n]
+        # Seen since the announcement: a holder unseen since may be dead already
+        # (it still counts within the grace), and deleting on its word could delete
+        # the last live copy.
+        confirmed = sum(1 for m in counted if holders[m].last_seen > since)
+        if confirmed >= target:
+            del memory.leaving[n]
+            actions.append(Action("drop", n, f"{confirmed} other replicas seen since "
+                                  f"the announcement meet the target of {target}", now))
+        elif len(counted) < target:
+            del memory.leaving[n]
             counted.append(n)
             actions.append(Action("cancel_drop", n, f"without it only {len(counted) - 1} "
                                   f"replicas for a target of {target}", now))
+    # Replicas another custodian announced still hold the data: short of the target,
+    # take them back before asking for new copies (else its cancel_drop and our adds
+    # together overshoot max_replicas); else finish their phase two as if ours (else
+    # one whose custodian went away would stay announced, uncounted, for ever).
+    for n in sorted(n for n in alive if holders[n].leaving and n not in mine):
+        if len(counted) + len(memory.adding) < target:
+            counted.append(n)
+            actions.append(Action("cancel_drop", n, f"announced elsewhere, but only "
+                                  f"{len(counted) - 1} other replicas for a target of "
+                                  f"{target}", now))
+        else:
+            memory.leaving[n] = now
     counted.sort()
 
     coming = len(counted) + len(memory.adding)
@@ -199,7 +239,9 @@ def decide(ds: DatasetState, trend: Trend, by_site: Mapping[str, float],
         waited = now - memory.above_since
         reason = (f"{len(counted)} replicas for a target of {target} "
                   f"(predicted {trend.prediction:.1f} reads/bucket)")
-        if waited >= p.cooldown and not any(a.kind == "drop" for a in actions):
+        if memory.leaving:
+            pass  # one trim at a time
+        elif waited >= p.cooldown and not any(a.kind == "drop" for a in actions):
             node_id = _pick_drop(counted, by_site, nodes, key)
             memory.leaving[node_id] = now
             actions.append(Action("announce_drop", node_id, f"{reason} for {waited:.0f}s "
@@ -210,6 +252,11 @@ def decide(ds: DatasetState, trend: Trend, by_site: Mapping[str, float],
         memory.above_since = None
         reason = (f"{len(counted)} replicas meet the target of {target} "
                   f"(predicted {trend.prediction:.1f} reads/bucket)")
+    announced = {a.node for a in actions if a.kind == "announce_drop"}
+    waiting = sorted(n for n in memory.leaving if n not in announced)
+    if waiting:
+        reason += (f"; dropping {', '.join(n.hex()[:8] for n in waiting)} waits for "
+                   f"{target} other replicas to be seen since its announcement")
     decision = Decision(target, tuple(counted), lost, tuple(actions), reason)
     memory.history.extend(actions)
     memory.last = decision

@@ -15,8 +15,21 @@ counts, and it answers with numbers.
   buckets: a level (reads per bucket now) and a slope (change per bucket);
   the prediction is the level carried ``horizon`` buckets ahead along the
   slope, never below zero. Holt reacts to a rise within two or three
-  buckets, forgets a single spike at the rate ``alpha`` sets, and needs no
-  more state than the window the summaries carry anyway.
+  buckets and needs no more state than the window the summaries carry
+  anyway. Two guards keep it honest on counts:
+
+  - a running median of three (Tukey's, with his end-point rule) goes over
+    the series first, so a single-bucket spike is not taken for a trend.
+    Holt alone turns a spike into a rise and then into a fall that carries
+    the forecast far below the steady reads for most of the window (a spike
+    of 10x on a baseline of 1 read per bucket predicted 0.24 five buckets
+    later; 20x predicted 0), which would trim replicas the steady reads
+    still need. A rise of two buckets or more passes the median unchanged;
+    a rise in the newest bucket alone waits one bucket.
+  - the slope never falls faster than the level (``slope >= -level``):
+    reads cannot go negative, and without the bound a series that decays or
+    stops drove the level itself below zero (-2.2 reads per bucket after
+    three buckets of 40 and nine of 0).
 """
 
 from __future__ import annotations
@@ -81,16 +94,34 @@ class Trend:
 
 
 def estimate(series: Sequence[float], p: TrendParams) -> Trend:
-    """Holt's level and slope over ``series`` (oldest first) and the prediction."""
+    """Holt's level and slope over ``series`` (oldest first, reads >= 0) after a
+    running median of three, and the prediction."""
     values = tuple(float(x) for x in series)
     if not values:
         return Trend((), 0.0, 0.0, 0.0)
-    level, slope = values[0], 0.0
-    for x in values[1:]:
+    smooth = _median3(values)
+    level, slope = smooth[0], 0.0
+    for x in smooth[1:]:
         last = level
         level = p.alpha * x + (1 - p.alpha) * (level + slope)
-        slope = p.beta * (level - last) + (1 - p.beta) * slope
+        slope = max(-level, p.beta * (level - last) + (1 - p.beta) * slope)
     return Trend(values, level, slope, max(0.0, level + p.horizon * slope))
+
+
+def _median(a: float, b: float, c: float) -> float:
+    return max(min(a, b), min(max(a, b), c))
+
+
+def _median3(values: tuple[float, ...]) -> list[float]:
+    """Tukey's running median of three; each end is the median of its value, its
+    smoothed neighbour and the line through the two smoothed neighbours."""
+    n = len(values)
+    if n < 3:
+        return list(values)
+    s = [values[0]] + [_median(*values[i - 1:i + 2]) for i in range(1, n - 1)] + [values[-1]]
+    s[0] = _median(values[0], s[1], 3 * s[1] - 2 * s[2])
+    s[-1] = _median(values[-1], s[-2], 3 * s[-2] - 2 * s[-3])
+    return s
 
 
 Counts = dict[str, dict[int, int]]  # site -> bucket -> reads
@@ -147,12 +178,12 @@ def _fold_sites(counts: Counts) -> Counts:
     if len(counts) <= MAX_SITES:
         return counts
     ranked = sorted(counts, key=lambda s: (-sum(counts[s].values()), s))
-    out = {s: counts[s] for s in ranked[:MAX_SITES - 1]}
-    other: dict[int, int] = {}
+    out = {s: dict(counts[s]) for s in ranked[:MAX_SITES - 1]}
+    # Added to, not replaced: a busy site may itself be called "other".
+    other = out.setdefault("other", {})
     for s in ranked[MAX_SITES - 1:]:
         for b, n in counts[s].items():
             other[b] = other.get(b, 0) + n
-    out["other"] = other
     return out
 
 
