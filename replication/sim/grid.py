@@ -83,6 +83,7 @@ class LeastLoaded:
 @dataclass
 class Stats:
     waits: list[float] = field(default_factory=list)
+    queued_seconds: float = 0.0     # submission to first start, summed
     local_hits: int = 0
     lan_stage_ins: int = 0
     wan_stage_ins: int = 0
@@ -127,7 +128,8 @@ class Grid:
             for _ in range(spec.nodes):
                 n = len(self.nodes)
                 node = Node(n, n.to_bytes(8, "big"), site, Link(sc.lan_rate),
-                            sc.cores_per_node, sc.disk_per_node, free_cores=sc.cores_per_node)
+                            sc.cores_per_node, sc.disk_per_node, Link(sc.repl_rate),
+                            free_cores=sc.cores_per_node)
                 site.nodes.append(node)
                 site.free_cores += node.cores
                 self.nodes.append(node)
@@ -137,7 +139,7 @@ class Grid:
         self.queue: deque[Job] = deque()
         self.jobs = [Job(spec) for spec in workload.jobs]
         self.pending_jobs = len(self.jobs)
-        self.replicator = Replicator(self, sc.repl_per_node, sc.repl_rate / sc.repl_per_node)
+        self.replicator = Replicator(self, sc.repl_per_node)
         self.policy = policy
         for d, dspec in zip(self.datasets, workload.datasets, strict=True):
             for n in dspec.holders:
@@ -188,6 +190,8 @@ class Grid:
         self.free_cores -= 1
         node.jobs[job.spec.index] = job
         job.node = node
+        if job.attempts == 0:
+            self.stats.queued_seconds += self.now - job.spec.submit
         job.attempts += 1
         job.stage_start = self.now
         self.policy.on_read(job)
@@ -285,6 +289,7 @@ class Grid:
         r = Replica(ds, node, kind, complete=complete, last_used=self.now)
         node.replicas[ds.index] = r
         ds.replicas[node.index] = r
+        ds.version += 1
         node.used += ds.size
         self.stats.storage(self.now, ds.size)
         return r
@@ -295,11 +300,18 @@ class Grid:
             raise SimError(f"removing a replica of {ds.name} that node {node.index} lacks")
         del node.replicas[ds.index]
         del ds.replicas[node.index]
+        ds.version += 1
         node.used -= ds.size
         self.stats.storage(self.now, -ds.size)
         # Transfers reading from it lose their source; those writing it are pointless.
         for tr in [t for t in node.transfers if t.source is r or t.target is r]:
             self.network.abort(tr)
+
+    def completed(self, r: Replica) -> None:
+        """The copy into ``r`` is done: it serves reads from now on."""
+        r.complete = True
+        r.last_used = self.now
+        r.dataset.version += 1
 
     def target_for(self, ds: Dataset, make_room: Callable[[Node, int], bool]) -> Node | None:
         """A live node for a new replica of ``ds``: not holding it, at a site that holds
@@ -343,6 +355,7 @@ class Grid:
         for r in lost:
             del r.dataset.replicas[node.index]
             r.dataset.gone[node.index] = now
+            r.dataset.version += 1
             self.stats.storage(now, -r.dataset.size)
         node.replicas.clear()
         node.used = 0
@@ -385,13 +398,13 @@ class Request:
 
 
 class Replicator:
-    """Replication transfers: at most ``repl_per_node`` per node at a time, each at
-    most ``cap`` bytes/s (the node's ``max_pulls`` and ``rate_mb_s`` / ``max_pulls``)."""
+    """Replication transfers: at most ``repl_per_node`` per node at a time (as source or
+    destination; the daemon's ``max_pulls``), the copies into a node sharing its
+    ``pulls`` link (the daemon's ``rate_mb_s``)."""
 
-    def __init__(self, grid: Grid, repl_per_node: int, cap: float) -> None:
+    def __init__(self, grid: Grid, repl_per_node: int) -> None:
         self.grid = grid
         self.limit = repl_per_node
-        self.cap = cap
         self.queue: dict[Request, None] = {}
 
     def copy(self, ds: Dataset, dst: Node, kind: str,
@@ -435,8 +448,7 @@ class Replicator:
 
         def done(tr: Transfer) -> None:
             release(tr)
-            r.complete = True
-            r.last_used = grid.now
+            grid.completed(r)
             grid.stats.replications += 1
             grid.stats.replication_bytes += r.dataset.size
             if req.on_done is not None:
@@ -450,4 +462,4 @@ class Replicator:
             self.pump()
 
         grid.network.start(src.node, r.node, r.dataset.size, "replication", done, aborted,
-                           source=src, target=r, cap=self.cap)
+                           source=src, target=r, limit=r.node.pulls)

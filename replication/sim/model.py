@@ -11,8 +11,8 @@ The network (``Network``) is a fluid model of links shared evenly:
   and a transfer gets the smallest of its shares, and never more than its
   own cap: ``rate = min(cap, min(link.capacity / link.transfers))``.  WAN
   transfers are capped at ``wan_flow`` (one TCP stream over a long round
-  trip does not fill a fast link); replication copies have the replicator's
-  cap (a rate limit);
+  trip does not fill a fast link); the replication copies into a node also
+  share its ``pulls`` link, the node's replication rate limit;
 * the rates of every transfer on the links of a transfer that starts, ends
   or is aborted are recomputed, and each one's finish is rescheduled from
   the bytes it has left.  This is not max-min fairness (bandwidth a
@@ -65,6 +65,7 @@ class Node:
     nic: Link
     cores: int
     disk: int
+    pulls: Link                                  # its replication copies' rate limit
     free_cores: int = 0
     used: int = 0                                # replica bytes held or reserved
     alive: bool = True
@@ -93,6 +94,7 @@ class Dataset:
     replicas: dict[int, Replica] = field(default_factory=dict)   # node index ->
     gone: dict[int, float] = field(default_factory=dict)         # dead holder -> when
     lost: bool = False
+    version: int = 0                             # +1 at each change of its replicas
 
     def sources(self) -> list[Replica]:
         """Complete replicas on live nodes (leaving ones still serve reads)."""
@@ -126,7 +128,7 @@ class Transfer:
     event: Event | None = None
     source: Replica | None = None    # the replica read
     target: Replica | None = None    # the replica written, if it makes one
-    cap: float = float("inf")        # most bytes/s it may use (a rate limit)
+    cap: float = float("inf")        # most bytes/s it may use alone
 
 
 @dataclass(slots=True)
@@ -159,16 +161,19 @@ class Network:
     def start(self, src: Node, dst: Node, size: int, purpose: str,
               on_done: Callable[[Transfer], None], on_abort: Callable[[Transfer], None],
               source: Replica | None = None, target: Replica | None = None,
-              cap: float = float("inf")) -> Transfer:
-        """Move ``size`` bytes from ``src`` to ``dst``; ``on_done`` or ``on_abort`` follows."""
+              limit: Link | None = None) -> Transfer:
+        """Move ``size`` bytes from ``src`` to ``dst``; ``on_done`` or ``on_abort`` follows.
+        ``limit``: one more link the transfer shares (a rate limit)."""
         if not (src.alive and dst.alive):
             raise SimError(f"transfer between nodes {src.index} and {dst.index}: one is dead")
         now = self.engine.now
         wan = src.site is not dst.site
-        tr = Transfer(src, dst, size, on_done, on_abort, wan, purpose,
-                      self._links(src, dst), remaining=float(size), last=now,
-                      source=source, target=target,
-                      cap=min(cap, self.wan_flow) if wan else cap)
+        links = self._links(src, dst)
+        if links and limit is not None:
+            links += (limit,)
+        tr = Transfer(src, dst, size, on_done, on_abort, wan, purpose, links,
+                      remaining=float(size), last=now, source=source, target=target,
+                      cap=self.wan_flow if wan else float("inf"))
         self.stats.transfers += 1
         src.transfers[tr] = None
         dst.transfers[tr] = None

@@ -18,7 +18,8 @@
                      stage-in.
 ``trend``            gridnode's policy: the real ``replication.trends`` and
                      ``replication.policy`` cores.  Each node keeps an
-                     ``AccessLog`` of its reads; every ``interval`` seconds the
+                     ``AccessLog`` of its reads; every ``interval`` seconds (60,
+                     the daemon's ``[replication] interval``) the
                      nodes send the summaries of the datasets they read since the
                      last round to the custodian (its ``DemandBook``), and the
                      custodian calls ``decide`` for each dataset and carries out
@@ -39,7 +40,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..policy import DatasetState, Holder, Memory, NodeInfo, PolicyParams, decide
+from ..policy import (
+    DatasetState,
+    Decision,
+    Holder,
+    Memory,
+    NodeInfo,
+    PolicyParams,
+    decide,
+)
 from ..trends import AccessLog, DemandBook, TrendParams
 from .grid import Grid, Job
 from .model import CACHE, ORIGIN, POLICY, Dataset, Node, Replica, Transfer
@@ -156,8 +165,7 @@ class CacheOnAccess(Policy):
             return
 
         def done(tr: Transfer) -> None:
-            r.complete = True
-            r.last_used = grid.now
+            grid.completed(r)
             for job in self.waiting.pop(r, []):
                 if job.node is node:
                     grid.ready(job)
@@ -218,21 +226,27 @@ class Trend(Policy):
     name = "trend"
 
     def __init__(self, trend: TrendParams | None = None, policy: PolicyParams | None = None,
-                 interval: float | None = None, record_ttl: float = 600.0) -> None:
+                 interval: float = 60.0, record_ttl: float = 600.0,
+                 skip_quiet: bool = True) -> None:
         self.tp = trend or TrendParams()
         self.pp = policy or PolicyParams()
         super().__init__(self.pp.grace)
-        self.interval = self.tp.bucket_seconds if interval is None else interval
+        self.interval = interval
         self.record_ttl = max(record_ttl, self.pp.grace)
         self.book = DemandBook(self.tp)
         self.logs: dict[int, AccessLog] = {}          # node index -> its reads
         self.memory: dict[int, Memory] = {}           # dataset index -> custodian memory
         self.watch: dict[int, None] = {}              # datasets not at rest
         self.by_name: dict[str, Dataset] = {}
+        self.skip_quiet = skip_quiet
+        self.quiet: dict[int, tuple[int, int]] = {}   # dataset -> (bucket, version)
+        self.bucket = -1
         self.decisions = 0
+        self.skipped = 0
         self.actions: dict[str, int] = {"add": 0, "announce_drop": 0, "drop": 0,
                                         "cancel_drop": 0}
-        self.on_decision: Callable[[Dataset, float, object], None] | None = None
+        self.on_decision: Callable[[Dataset, float, Decision], None] | None = None
+        self._infos: dict[int, NodeInfo] = {}
 
     def attach(self, grid: Grid) -> None:
         super().attach(grid)
@@ -260,19 +274,47 @@ class Trend(Policy):
             return
         now = grid.now
         book = self.book
+        bucket = self.tp.bucket(now)
+        new_bucket = bucket != self.bucket
+        self.bucket = bucket
         for index, log in self.logs.items():
             reporter = grid.nodes[index].id
             for name in sorted(log.take_changed()):
                 book.merge(reporter, name, log.summary(name, now))
-            log.prune(now)
-        book.prune(now)
-        nodes = {n.id: NodeInfo(n.id, n.site.name, n.free_disk, n.load)
-                 for n in grid.nodes if n.alive}
-        todo = dict.fromkeys(sorted(self.by_name[name].index for name in book.reports))
+            if new_bucket:
+                log.prune(now)
+        if new_bucket:
+            book.prune(now)
+        todo = dict.fromkeys(self.by_name[name].index for name in book.reports)
         todo.update(self.watch)
-        for index in sorted(todo):
-            self._decide(grid.datasets[index], nodes, now)
+        datasets = grid.datasets
+        if self.skip_quiet:
+            # Nothing of the facts decide reads has changed since a decision that
+            # did nothing (same complete buckets, same replicas, idle memory): it
+            # would do nothing again.
+            quiet = self.quiet
+            before = len(todo)
+            todo = {i: None for i in todo
+                    if quiet.get(i) != (bucket, datasets[i].version)}
+            self.skipped += before - len(todo)
+        if todo:
+            nodes = self._node_infos()
+            for index in sorted(todo):
+                self._decide(datasets[index], nodes, now)
         grid.engine.after(self.interval, self._round)
+
+    def _node_infos(self) -> dict[bytes, NodeInfo]:
+        """What the custodian knows of the live nodes now."""
+        cache = self._infos
+        out = {}
+        for n in self.grid.nodes:
+            if n.alive:
+                info = cache.get(n.index)
+                free, load = n.free_disk, n.load
+                if info is None or info.free_bytes != free or info.load != load:
+                    info = cache[n.index] = NodeInfo(n.id, n.site.name, free, load)
+                out[n.id] = info
+        return out
 
     def _decide(self, ds: Dataset, nodes: dict[bytes, NodeInfo], now: float) -> None:
         grid = self.grid
@@ -315,11 +357,15 @@ class Trend(Policy):
             elif action.kind == "drop":
                 grid.remove_replica(r)
                 nodes[node.id] = NodeInfo(node.id, node.site.name, node.free_disk, node.load)
-        at_rest = (not decision.actions and not memory.adding and not memory.leaving
-                   and memory.above_since is None and len(holders) == ds.min_replicas
-                   and not ds.gone and len(ds.replicas) == len(decision.counted))
-        if at_rest:
-            self.watch.pop(ds.index, None)
+        idle = (not decision.actions and not memory.adding and not memory.leaving
+                and memory.above_since is None and not ds.gone
+                and len(decision.counted) == decision.target)
+        if idle:
+            self.quiet[ds.index] = (self.bucket, ds.version)
+        else:
+            self.quiet.pop(ds.index, None)
+        if idle and decision.target == ds.min_replicas and len(ds.replicas) == len(holders):
+            self.watch.pop(ds.index, None)      # at rest: looked at again when read
         else:
             self.watch[ds.index] = None
 

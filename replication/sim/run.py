@@ -13,7 +13,8 @@ figures of a run (``figures``):
   the same at the makespan; ``storage_max_bytes`` the most at any time;
 * ``datasets_lost``: datasets whose every replica died;
 * ``jobs_finished``, ``jobs_failed`` (their dataset was lost), ``makespan_s``
-  (when the last job ended), ``wall_s`` (seconds of real time the run took).
+  (when the last job ended), ``mean_queue_s`` (submission to first start,
+  per job), ``wall_s`` (seconds of real time the run took).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def run_one(workload: Workload, policy: Policy,
         "jobs_failed": stats.jobs_failed,
         "jobs_restarted": stats.jobs_restarted,
         "makespan_s": round(span, 1),
+        "mean_queue_s": round(stats.queued_seconds / len(grid.jobs), 1) if grid.jobs else 0.0,
         "node_deaths": stats.node_deaths,
         "replicas_lost": stats.replicas_lost,
         "replications": stats.replications,

@@ -12,14 +12,16 @@ The ``hot-spot`` scenario (``hot_spot``):
 * datasets of 1-50 GB (log-uniform: many small, few big) in files of at most
   2 GB; a job reads 1-4 of its dataset's files (all of a small one);
 * background jobs pick their dataset by a Zipf law (exponent 1.0) whose
-  ranking shifts: every 6 hours a fifth of the ranks are shuffled; they are
-  submitted at sites in proportion to the sites' cores;
+  ranking shifts: every 6 hours a fifth of the ranks are shuffled.  Interest
+  is regional: each dataset has 3 sites (drawn in proportion to their
+  cores) whose users submit 70% of its background jobs (``locality``); the
+  other 30% come from any site, in proportion to the sites' cores;
 * hot spots: every 4 hours on average an episode starts: 3 datasets drawn
   from the whole catalogue (mostly tail ones) become hot, wanted mostly (85%)
   from 1-2 sites; its share of all jobs ramps up over 1 hour to 10-25%,
   stays 3-8 hours and cools over 2 hours;
 * jobs arrive as a Poisson process sized for 70% of the grid's cores busy on
-  average; compute time lognormal, mean 1.5 hours;
+  average; compute time lognormal, mean 1.5 hours, at most 12 hours;
 * each node dies once per 10 days on average (exponential); half of the dead
   come back empty after 1-4 hours, the others never.
 """
@@ -67,7 +69,10 @@ class Scenario:
     utilization: float = 0.7
     compute_mean: float = 1.5 * HOUR
     compute_sigma: float = 0.8
+    walltime: float = 12 * HOUR        # no job computes longer
     zipf_s: float = 1.0
+    interest_sites: int = 3            # sites whose users read a dataset most
+    locality: float = 0.7              # share of a dataset's background reads from them
     shift_every: float = 6 * HOUR
     shift_fraction: float = 0.2
     episode_every: float = 4 * HOUR
@@ -233,6 +238,9 @@ def _jobs(sc: Scenario, sites: tuple[SiteSpec, ...], datasets: tuple[DatasetSpec
     ranking = list(range(nds))
     rng.shuffle(ranking)
     site_cdf = list(itertools.accumulate(s.nodes for s in sites))
+    interest = [_weighted_sample(rng, [s.nodes for s in sites],
+                                 min(sc.interest_sites, len(sites)))
+                for _ in range(nds)]
     episodes = _episodes(sc, len(sites), nds, span, rng)
     mu = math.log(sc.compute_mean) - sc.compute_sigma ** 2 / 2
     jobs = []
@@ -270,14 +278,35 @@ def _jobs(sc: Scenario, sites: tuple[SiteSpec, ...], datasets: tuple[DatasetSpec
         else:
             rank = bisect.bisect_right(cdf, rng.random() * cdf[-1])
             dataset = ranking[min(rank, nds - 1)]
-            site = bisect.bisect_right(site_cdf, rng.random() * site_cdf[-1])
+            if interest[dataset] and rng.random() < sc.locality:
+                site = rng.choice(interest[dataset])
+            else:
+                site = bisect.bisect_right(site_cdf, rng.random() * site_cdf[-1])
         site = min(site, len(sites) - 1)
         size = datasets[dataset].size
         files = rng.randint(*sc.files_per_job)
         read = min(size, files * sc.file_size)
-        compute = rng.lognormvariate(mu, sc.compute_sigma)
+        compute = min(sc.walltime, rng.lognormvariate(mu, sc.compute_sigma))
         jobs.append(JobSpec(i, t, site, dataset, read, compute, episode is not None))
     return tuple(jobs), episodes
+
+
+def _weighted_sample(rng: random.Random, weights: list[int], k: int) -> tuple[int, ...]:
+    """``k`` distinct indexes, each drawn in proportion to its weight."""
+    left = dict(enumerate(weights))
+    out = []
+    for _ in range(k):
+        x = rng.random() * sum(left.values())
+        keys = list(left)
+        chosen = keys[-1]
+        for i in keys:
+            x -= left[i]
+            if x < 0:
+                chosen = i
+                break
+        out.append(chosen)
+        del left[chosen]
+    return tuple(out)
 
 
 def _episodes(sc: Scenario, nsites: int, nds: int, span: float,
