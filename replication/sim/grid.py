@@ -144,6 +144,9 @@ class Grid:
         for d, dspec in zip(self.datasets, workload.datasets, strict=True):
             for n in dspec.holders:
                 self.add_replica(d, self.nodes[n], "origin", complete=True)
+        full = [n.index for n in self.nodes if n.used > n.disk]
+        if full:
+            raise SimError(f"the first replicas do not fit on nodes {full[:10]}")
         policy.attach(self)
 
     @property
@@ -291,6 +294,8 @@ class Grid:
         ds.replicas[node.index] = r
         ds.version += 1
         node.used += ds.size
+        if not complete:
+            node.incoming += 1
         self.stats.storage(self.now, ds.size)
         return r
 
@@ -302,6 +307,8 @@ class Grid:
         del ds.replicas[node.index]
         ds.version += 1
         node.used -= ds.size
+        if not r.complete:
+            node.incoming -= 1
         self.stats.storage(self.now, -ds.size)
         # Transfers reading from it lose their source; those writing it are pointless.
         for tr in [t for t in node.transfers if t.source is r or t.target is r]:
@@ -312,22 +319,53 @@ class Grid:
         r.complete = True
         r.last_used = self.now
         r.dataset.version += 1
+        r.node.incoming -= 1
 
     def target_for(self, ds: Dataset, make_room: Callable[[Node, int], bool]) -> Node | None:
-        """A live node for a new replica of ``ds``: not holding it, at a site that holds
-        none if there is one, then the most free disk; None if no node has room."""
+        """A live node for a new replica of ``ds``: not holding it, with room for it if
+        any node has, at a site that holds none if there is one, then the fewest copies
+        already coming in (repairs spread), then the most free disk; None if no node
+        has room and ``make_room`` cannot make it on the best."""
         held = {r.node.site.index for r in ds.replicas.values()}
         best: Node | None = None
-        best_key: tuple[bool, int, int] = (False, 0, 0)
+        best_key: tuple[bool, bool, int, int, int] = (False, False, 0, 0, 0)
         for n in self.nodes:
             if not n.alive or ds.index in n.replicas:
                 continue
-            key = (n.site.index not in held, n.free_disk, -n.index)
+            key = (n.free_disk >= ds.size, n.site.index not in held, -n.incoming,
+                   n.free_disk, -n.index)
             if best is None or key > best_key:
                 best, best_key = n, key
         if best is not None and best.free_disk < ds.size and not make_room(best, ds.size):
             return None
         return best
+
+    def check(self) -> None:
+        """Raise SimError if the books of nodes and datasets disagree (for tests)."""
+        for n in self.nodes:
+            size = sum(r.dataset.size for r in n.replicas.values())
+            incoming = sum(1 for r in n.replicas.values() if not r.complete)
+            if (n.used, n.incoming) != (size, incoming):
+                raise SimError(f"node {n.index}: used {n.used} incoming {n.incoming}, its "
+                               f"replicas say {size} and {incoming}")
+            if n.used > n.disk:
+                raise SimError(f"node {n.index} holds {n.used} bytes on a {n.disk} disk")
+            if n.alive and not 0 <= n.free_cores <= n.cores:
+                raise SimError(f"node {n.index} has {n.free_cores} free cores")
+            for r in n.replicas.values():
+                if r.dataset.replicas.get(n.index) is not r:
+                    raise SimError(f"node {n.index} holds a replica {r.dataset.name} lacks")
+        for ds in self.datasets:
+            for i, r in ds.replicas.items():
+                if not r.node.alive or r.node.index != i:
+                    raise SimError(f"{ds.name} lists a replica on node {i} that is gone")
+        live = sum(n.used for n in self.nodes if n.alive)
+        if live != self.stats.replica_bytes:
+            raise SimError(f"replica bytes {self.stats.replica_bytes}, nodes hold {live}")
+        if self.free_cores != sum(s.free_cores for s in self.sites) or any(
+                s.free_cores != sum(n.free_cores for n in s.nodes if n.alive)
+                for s in self.sites):
+            raise SimError("free core counts disagree")
 
     # -- failures -------------------------------------------------------------------------
 
@@ -359,6 +397,7 @@ class Grid:
             self.stats.storage(now, -r.dataset.size)
         node.replicas.clear()
         node.used = 0
+        node.incoming = 0
         self.stats.replicas_lost += len(lost)
         for tr in list(node.transfers):
             self.network.abort(tr)

@@ -74,6 +74,7 @@ class Node:
     transfers: dict[Transfer, None] = field(default_factory=dict)
     jobs: dict[int, Any] = field(default_factory=dict)           # job index -> Job
     repl_slots: int = 0                          # replication transfers in progress
+    incoming: int = 0                            # its replicas still being written
 
     @property
     def free_disk(self) -> int:

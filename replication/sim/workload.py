@@ -22,8 +22,10 @@ The ``hot-spot`` scenario (``hot_spot``):
   stays 3-8 hours and cools over 2 hours;
 * jobs arrive as a Poisson process sized for 70% of the grid's cores busy on
   average; compute time lognormal, mean 1.5 hours, at most 12 hours;
-* each node dies once per 10 days on average (exponential); half of the dead
-  come back empty after 1-4 hours, the others never.
+* each node dies once per 30 days on average (exponential); half of the dead
+  come back empty after 1-4 hours, the others never;
+* disks of 1 TB per node, 20 datasets per node: the minimum replicas fill
+  about half of the disks.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class Scenario:
     wan_per_node: float = 1 * Gbps
     wan_min: float = 10 * Gbps
     wan_max: float = 100 * Gbps
-    datasets_per_node: float = 2.0
+    datasets_per_node: float = 20.0     # the minimum replicas fill about half the disks
     size_min: int = 1 * GB
     size_max: int = 50 * GB
     file_size: int = 2 * GB
@@ -84,7 +86,7 @@ class Scenario:
     episode_plateau: tuple[float, float] = (3 * HOUR, 8 * HOUR)
     episode_cool: float = 2 * HOUR
     hot_cap: float = 0.6
-    mtbf: float = 10 * 24 * HOUR
+    mtbf: float = 30 * 24 * HOUR
     return_share: float = 0.5
     downtime: tuple[float, float] = (1 * HOUR, 4 * HOUR)
 
@@ -208,18 +210,30 @@ def _sites(sc: Scenario, rng: random.Random) -> tuple[SiteSpec, ...]:
 
 def _datasets(sc: Scenario, sites: tuple[SiteSpec, ...], node_site: list[int],
               rng: random.Random) -> tuple[DatasetSpec, ...]:
+    """The datasets and their first replicas: ``min_replicas`` nodes with room, on
+    distinct sites (as many as there are)."""
     n = max(1, round(sc.nodes * sc.datasets_per_node))
     by_site: list[list[int]] = [[] for _ in sites]
     for node, site in enumerate(node_site):
         by_site[site].append(node)
+    free = [sc.disk_per_node] * len(node_site)
     lo, hi = math.log(sc.size_min), math.log(sc.size_max)
     out = []
     for i in range(n):
         size = int(math.exp(rng.uniform(lo, hi)))
         k = min(sc.min_replicas, len(sites))
-        chosen = rng.sample(range(len(sites)), k)
-        holders = tuple(rng.choice(by_site[s]) for s in chosen)
-        out.append(DatasetSpec(f"sim:ds{i:05d}", size, holders))
+        holders: list[int] = []
+        for s in rng.sample(range(len(sites)), len(sites)):
+            room = [node for node in by_site[s] if free[node] >= size]
+            if room:
+                holders.append(rng.choice(room))
+                free[holders[-1]] -= size
+                if len(holders) == k:
+                    break
+        if len(holders) < k:
+            raise ScenarioError(f"the datasets do not fit on the disks: dataset {i} of {n} "
+                                f"({size} bytes) finds room on {len(holders)} sites")
+        out.append(DatasetSpec(f"sim:ds{i:05d}", size, tuple(holders)))
     return tuple(out)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from replication.sim import (
@@ -9,6 +11,7 @@ from replication.sim import (
     CacheOnAccess,
     Gbps,
     Grid,
+    SimError,
     Static,
     Trend,
     build,
@@ -30,6 +33,7 @@ def test_stage_in_waits_for_the_bytes_from_the_best_source():
                (100.0, 1, 0, 2 * GB, 50.0), (100.5, 1, 0, 2 * GB, 50.0)])
     grid = Grid(w, Static())
     stats = grid.run()
+    grid.check()
     assert stats.waits[:2] == [0.0, pytest.approx(2 * GB / (1 * Gbps))]
     assert sorted(stats.waits[2:]) == [0.0, pytest.approx(2 * GB / (10 * Gbps))]
     assert (stats.local_hits, stats.lan_stage_ins, stats.wan_stage_ins) == (2, 1, 1)
@@ -45,6 +49,7 @@ def test_a_dead_node_loses_its_replicas_and_static_repairs_to_the_minimum():
     policy = Static()
     grid = Grid(w, policy)
     stats = grid.run()
+    grid.check()
     assert stats.node_deaths == 1 and stats.replicas_lost == 2
     assert not grid.nodes[0].replicas and not grid.nodes[0].alive
     for ds in grid.datasets:
@@ -63,6 +68,7 @@ def test_a_dataset_whose_holders_all_die_is_lost_and_its_jobs_fail():
               failures=[Failure(100.0, 0, None), Failure(200.0, 2, 3000.0)])
     grid = Grid(w, Static())
     stats = grid.run()
+    grid.check()
     assert stats.datasets_lost == 1 and grid.datasets[0].lost
     assert not grid.datasets[0].replicas
     assert (stats.jobs_failed, stats.jobs_finished) == (1, 1)
@@ -81,6 +87,7 @@ def test_cache_on_access_evicts_least_recently_used_never_origin():
     policy = CacheOnAccess()
     grid = Grid(w, policy)
     stats = grid.run()
+    grid.check()
     node = grid.nodes[4]
     assert set(node.replicas) == {a, c, d}
     assert node.replicas[d].kind == ORIGIN
@@ -90,13 +97,16 @@ def test_cache_on_access_evicts_least_recently_used_never_origin():
 
 
 def test_cache_on_access_falls_back_to_a_plain_read_when_nothing_can_go():
+    # Node 3 (alone at site 1, 60 GB) holds an origin of 40 GB: no room for
+    # dataset 0, and origins are never evicted.
     size = 40 * GB
-    w = world([2, 1], [(size, (0, 1)), (size, (1, 2))],
+    w = world([3, 1], [(size, (0, 1)), (size, (2, 3))],
               [(0.0, 1, 0, GB, 10.0)], disk_per_node=60 * GB)
     policy = CacheOnAccess()
     grid = Grid(w, policy)
     stats = grid.run()
-    assert set(grid.nodes[2].replicas) == {1}         # only its origin: no room for 0
+    grid.check()
+    assert set(grid.nodes[3].replicas) == {1}
     assert policy.evictions == 0 and stats.jobs_finished == 1
     assert grid.network.stats.wan_bytes == GB
 
@@ -128,7 +138,8 @@ def test_the_placement_strategy_is_pluggable():
 
 
 def _figures(seed: int, policy) -> dict:
-    _, fig = run_one(build(hot_spot(seed, nodes=30, jobs=1500)), policy)
+    grid, fig = run_one(build(hot_spot(seed, nodes=30, jobs=1500)), policy)
+    grid.check()
     fig.pop("wall_s")
     return fig
 
@@ -151,3 +162,26 @@ def test_the_trend_custodian_skips_only_decisions_that_would_change_nothing():
         fig.pop("decisions")
     assert a == b
     assert fast.skipped > 0 and fast.decisions < slow.decisions
+
+
+@pytest.mark.parametrize("policy", [Static, CacheOnAccess, Trend])
+def test_the_books_balance_through_heavy_churn(policy):
+    # Each node dies about once a day, most come back: every path of death
+    # (mid-transfer, mid-copy, mid-job, last holder) is taken many times.
+    sc = dataclasses.replace(hot_spot(9, nodes=40, jobs=3000), mtbf=24 * 3600.0,
+                             return_share=0.8, disk_per_node=300 * GB, datasets_per_node=8)
+    grid = Grid(build(sc), policy())
+    stats = grid.run()
+    grid.check()
+    assert stats.node_deaths > 20 and stats.jobs_restarted > 0
+    assert stats.jobs_finished + stats.jobs_failed == 3000
+    assert all(ds.lost == (not ds.replicas) for ds in grid.datasets)
+
+
+def test_check_sees_books_that_disagree():
+    grid = Grid(world([2, 2], [(GB, (0, 2))], [(0.0, 0, 0, GB, 1.0)]), Static())
+    grid.run()
+    grid.check()
+    grid.nodes[2].used += 1
+    with pytest.raises(SimError, match="node 2: used"):
+        grid.check()
