@@ -42,6 +42,8 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser],
     q = sub.add_parser("replicas", parents=parents + [as_json],
                        help="which nodes hold a dataset")
     q.add_argument("dataset")
+    q.add_argument("--explain", action="store_true",
+                   help="the custodian's view: access trend, target, last decisions")
 
 
 class Bar:
@@ -123,6 +125,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_replicas(args: argparse.Namespace) -> int:
+    if args.explain:
+        info = remote(args, lambda c: c.explain_replicas(args.dataset))
+        print_result(info, args.json, "\n".join(explain_lines(info)))
+        return 0
     info = remote(args, lambda c: c.replicas(args.dataset))
     lines = [f"{info['name']} version {info['version']}: {len(info['holders'])} holders "
              f"(policy {info['min_replicas']}-{info['max_replicas']})"]
@@ -131,3 +137,23 @@ def cmd_replicas(args: argparse.Namespace) -> int:
     print_result(info, args.json, "\n".join(lines))
     return 0
 
+
+
+def explain_lines(info: dict[str, Any]) -> list[str]:
+    t = info["trend"]
+    lines = [f"{info['name']}: custodian {info['custodian'][:12]} ({info['site']})",
+             f"  reads per {info['bucket_seconds']:g}s bucket, oldest first: "
+             + " ".join(f"{x:g}" for x in t["series"]),
+             f"  level {t['level']:.2f}  slope {t['slope']:+.2f}  "
+             f"prediction {t['prediction']:.2f} reads/bucket",
+             "  demand by site: " + (", ".join(f"{s} {w:.1f}" for s, w in sorted(
+                 info["by_site"].items(), key=lambda x: -x[1])) or "none"),
+             f"  target {info['target']}: {info['reason']}",
+             f"  holders ({len(info['holders'])}):"]
+    lines += [f"    {h['id'][:12]}  {h['site']:<16}"
+              + (" counted" if h["counted"] else "")
+              + (" leaving" if h["leaving"] else "") for h in info["holders"]]
+    lines.append(f"  last decisions ({len(info['decisions'])}):")
+    lines += [f"    {time.strftime('%H:%M:%S', time.localtime(d['t']))}  {d['kind']:<13} "
+              f"{d['node'][:12]} ({d['site']}): {d['reason']}" for d in info["decisions"]]
+    return lines

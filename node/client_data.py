@@ -124,6 +124,11 @@ class DataClient:
         n = self.dataset_name(name)
         return dict(await self.call("dataset.replicas", {"name": str(n)}, timeout=60))
 
+    async def explain_replicas(self, name: str) -> dict[str, Any]:
+        """The custodian's view of a dataset: trend, target, holders, last decisions."""
+        n = self.dataset_name(name)
+        return dict(await self.call("replica.explain", {"name": str(n)}, timeout=60))
+
     async def put(self, name: str, paths: Iterable[Path], *, close: bool = False,
                   policy: ReplicationPolicy | None = None,
                   progress: Progress | None = None) -> DatasetRecord:

@@ -445,6 +445,7 @@ class Node:
             "channel": {**self.channels.statistics(), **self.pool.statistics()},
             "queue": self.queue.statistics(),
             "data": self.data.statistics(),
+            "replication": self.data.replicas.statistics(),
             "worker": {**self.worker.statistics(), **self.executor.statistics()},
             "refused": dict(self.counters),
             "cert_expires": self.cert.not_after,

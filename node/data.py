@@ -65,6 +65,7 @@ from steering import MAX_OUTPUTS
 from .executor import StageInError, StageOutError
 from .logs import log
 from .outputs import OutputView, task_of
+from .replicas import ReplicaService
 
 if TYPE_CHECKING:
     from .daemon import Node
@@ -96,7 +97,10 @@ class DataService:
         self.fetcher = Fetcher(self.store, self._open_client)
         self.holdings: dict[str, DatasetRecord] = {}
         self._fetching: dict[str, trio.Event] = {}
+        self._readers: dict[str, int] = {}  # reads in progress per dataset
+        self._reading: dict[str, DatasetRecord] = {}
         self._nursery: trio.Nursery | None = None
+        self.replicas = ReplicaService(node, self)
 
     def _revoked(self) -> frozenset[bytes]:
         return self.node.revocations.revoked
@@ -108,6 +112,9 @@ class DataService:
 
     def _catalog_nodes(self) -> dict[bytes, tuple[str, int]]:
         return self._addresses("catalog")
+
+    def storage_nodes(self) -> dict[bytes, tuple[str, int]]:
+        return self._addresses("storage")
 
     async def _open_client(self, holder: bytes) -> RpcClient:
         address = self._addresses("storage").get(holder)
@@ -132,23 +139,27 @@ class DataService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._announce_loop)
+            await nursery.start(self.replicas.run)
             task_status.started()
 
     async def _announce_loop(self) -> None:
         interval = self.node.cfg.storage.announce_interval
         while True:
             for rec in list(self.holdings.values()):
-                await self._announce(rec)
+                await self.announce(rec)
             await trio.sleep(interval)
 
-    async def _announce(self, rec: DatasetRecord) -> None:
+    async def announce(self, rec: DatasetRecord, flag: str | None = None) -> None:
+        """Put this node in the dataset's provider set; ``flag`` "gone" takes it out,
+        and a replica announced as leaving says so (it serves reads, counts for none)."""
         now = time.time()
         seq = max(int(now * 1000), self.counters["announce_seq"] + 1)
         self.counters["announce_seq"] = seq
         record = SignedRecord.create(
             self.node.key, self.node.cert, key=provider_key("dataset", str(rec.name)),
             kind="provider", seq=seq, expires=int(now) + self.node.cfg.record_ttl,
-            value=packb([rec.version]))
+            value=packb([rec.version, flag or ("leaving" if str(rec.name) in
+                                               self.replicas.leaving else "held")]))
         try:
             await self.node.dht.put(record)
         except Exception as exc:  # the next round tries again
@@ -157,25 +168,37 @@ class DataService:
 
     # -- replicas ------------------------------------------------------------
 
-    async def holders(self, name: DatasetName) -> dict[bytes, int]:
-        """Live holders of a dataset (node id -> version they hold), from the DHT."""
-        out: dict[bytes, int] = {}
+    async def holder_views(self, name: DatasetName) -> dict[bytes, tuple[int, float, bool]]:
+        """Holders of a dataset from its DHT provider set: node id -> (version held,
+        when it last announced, leaving); nodes that announced "gone" are left out."""
+        out: dict[bytes, tuple[int, float, bool]] = {}
         storage = self._addresses("storage")
+        newest: dict[bytes, int] = {}
         for rec in await self.node.dht.get(provider_key("dataset", str(name))):
-            if rec.kind != "provider" or rec.signer not in storage:
+            if (rec.kind != "provider" or rec.signer not in storage
+                    or rec.seq <= newest.get(rec.signer, -1)):
                 continue
             try:
                 value = unpack(rec.value)
-                version = value[0]
-                if type(version) is not int:
+                version, flag = value[0], (value[1] if len(value) > 1 else "held")
+                if type(version) is not int or flag not in ("held", "leaving", "gone"):
                     raise BadMessage("version")
             except (BadMessage, TypeError, IndexError, KeyError):
                 continue
-            out[rec.signer] = max(version, out.get(rec.signer, 0))
+            newest[rec.signer] = rec.seq
+            out[rec.signer] = (version, rec.seq / 1000, flag == "leaving")
+            if flag == "gone":
+                del out[rec.signer]
         mine = self.holdings.get(str(name))
+        out.pop(self.node.key.id, None)
         if mine is not None:
-            out[self.node.key.id] = mine.version
+            out[self.node.key.id] = (mine.version, time.time(),
+                                     str(name) in self.replicas.leaving)
         return out
+
+    async def holders(self, name: DatasetName) -> dict[bytes, int]:
+        """Live holders of a dataset (node id -> version they hold), from the DHT."""
+        return {n: v for n, (v, _, _) in (await self.holder_views(name)).items()}
 
     async def hold(self, rec: DatasetRecord, reason: str) -> None:
         """Every file of ``rec`` is here: keep it, announce it."""
@@ -188,7 +211,23 @@ class DataService:
         self.counters["replicas_added"] += 1
         log(logger, "replica.held", dataset=name, version=rec.version, files=len(rec.files),
             bytes=rec.size, reason=reason)
-        await self._announce(rec)
+        await self.announce(rec)
+
+    async def drop(self, rec: DatasetRecord, reason: str) -> int:
+        """Stop holding ``rec``: out of the holdings and the provider set, then its
+        chunks that no other replica here and no job output needs; bytes freed."""
+        name = str(rec.name)
+        await self.node.state.remove_holding(name)
+        del self.holdings[name]
+        await self.announce(rec, "gone")
+        keep = {h for r in self.holdings.values() for m in r.files for h in m.chunks}
+        keep |= await self.node.state.output_chunks()
+        doomed = {h for m in rec.files for h in m.chunks} - keep
+        freed = await trio.to_thread.run_sync(_delete_chunks, self.store, doomed)
+        self.counters["replicas_dropped"] += 1
+        log(logger, "replica.dropped", dataset=name, version=rec.version, chunks=len(doomed),
+            bytes=freed, reason=reason)
+        return freed
 
     async def missing(self, rec: DatasetRecord, files: list[str] | None = None) -> list[bytes]:
         """The chunks of these files (default: all) that are not in the store."""
@@ -198,9 +237,10 @@ class DataService:
         return [h for h, ok in zip(hashes, have, strict=True) if not ok]
 
     async def ensure_local(self, rec: DatasetRecord, files: list[str] | None = None,
-                           why: str = "read") -> int:
+                           why: str = "read", hold: bool = True) -> int:
         """Fetch what this node lacks of ``rec`` (or of some files) from its holders;
-        the bytes fetched. The whole dataset here makes this node a holder."""
+        the bytes fetched. With ``hold``, the whole dataset here makes this node a
+        holder; without, what was fetched is scratch for one read (:meth:`reading`)."""
         name = str(rec.name)
         while name in self._fetching:  # one fetch of a dataset at a time
             await self._fetching[name].wait()
@@ -233,12 +273,44 @@ class DataService:
                 self.counters["bytes_fetched"] += fetched
                 log(logger, "transfer.done", dataset=name, chunks=stats.chunks_fetched,
                     bytes=fetched, seconds=round(stats.seconds, 3), reason=why)
-            if files is None or not await self.missing(rec):
+            if hold and (files is None or not await self.missing(rec)):
                 await self.hold(rec, f"all files here after a {why}")
             return fetched
         finally:
             del self._fetching[name]
             done.set()
+
+    def begin_read(self, rec: DatasetRecord) -> bool:
+        """A read of ``rec`` starts here; whether this node holds it (then what the read
+        fetches updates the replica; otherwise it is scratch, removed by the last
+        reader: only the custodian's decisions add replicas)."""
+        name = str(rec.name)
+        self._readers[name] = self._readers.get(name, 0) + 1
+        self._reading[name] = rec
+        return name in self.holdings
+
+    def end_read(self, rec: DatasetRecord) -> None:
+        name = str(rec.name)
+        self._readers[name] -= 1
+        if self._readers[name]:
+            return
+        del self._readers[name], self._reading[name]
+        if name not in self.holdings and self._nursery is not None:
+            self._nursery.start_soon(self._clear_scratch, rec)
+
+    async def _clear_scratch(self, rec: DatasetRecord) -> None:
+        name = str(rec.name)
+        if name in self.holdings or name in self._readers or name in self._fetching:
+            return
+        keep = {h for r in (*self.holdings.values(), *self._reading.values())
+                for m in r.files for h in m.chunks}
+        keep |= await self.node.state.output_chunks()
+        doomed = {h for m in rec.files for h in m.chunks} - keep
+        freed = await trio.to_thread.run_sync(_delete_chunks, self.store, doomed)
+        if freed:
+            self.counters["scratch_bytes_freed"] += freed
+            log(logger, "scratch.cleared", dataset=name, chunks=len(doomed), bytes=freed,
+                reason="read done; this node holds no replica of it")
 
     async def replicate_to_min(self, rec: DatasetRecord) -> int:
         """Ask storage nodes to pull copies until the policy's minimum holds them."""
@@ -284,6 +356,7 @@ class DataService:
             self.counters["stage_outs_failed"] += 1
             raise StageOutError(f"outputs: {exc}") from None
         self.counters["output_files"] += len(manifests)
+        await self.node.state.pin_output_chunks({h for m in manifests for h in m.chunks})
         return [m.to_wire() for m in manifests]
 
     async def check_inputs(self, inputs: tuple[str, ...], user: str) -> tuple[str, str]:
@@ -312,9 +385,14 @@ class DataService:
                 name = parse_dataset_name(text, user)
                 rec = await self.record(name)
                 self.counters["stage_ins"] += 1
-                await self.ensure_local(rec, why=f"stage-in of job {job[:12]}")
-                dest = sandbox / "inputs" / name.scope / name.name
-                await trio.to_thread.run_sync(_place_files, self.store, rec, dest)
+                self.replicas.read(str(rec.name), "stage_in")
+                held = self.begin_read(rec)
+                try:
+                    await self.ensure_local(rec, why=f"stage-in of job {job[:12]}", hold=held)
+                    dest = sandbox / "inputs" / name.scope / name.name
+                    await trio.to_thread.run_sync(_place_files, self.store, rec, dest)
+                finally:
+                    self.end_read(rec)
             except (DatasetNameError, RpcError, ChunkError, ManifestError, OSError) as exc:
                 self.counters["stage_ins_failed"] += 1
                 raise StageInError(f"input {text}: {exc}") from None
@@ -330,6 +408,7 @@ class DataService:
     def methods(self) -> dict[str, Method]:
         table = {
             **chunk_methods(self.store, self.counters),
+            **self.replicas.methods(),
             "data.upload": Method(self._upload, access="user"),
             "dataset.put": Method(self._put, access="user"),
             "dataset.get": Method(self._get),
@@ -483,23 +562,30 @@ class DataService:
         if manifest is None:
             raise RpcError("not_found", f"dataset {name} has no file {file_name!r}")
         self.counters["dataset_reads"] += 1
+        if not isinstance(rec, OutputView):
+            self.replicas.read(str(rec.name), "get")
 
         async def fetch(why: str) -> None:
             if isinstance(rec, OutputView):
                 await self._fetch_output(rec, manifest, why)
             else:
-                await self.ensure_local(rec, [file_name], why=why)
+                await self.ensure_local(rec, [file_name], why=why, hold=held)
 
-        await fetch(f"read by {ctx.peer.name}")
-        for h in manifest.chunks:
-            try:
-                data = await trio.to_thread.run_sync(self.store.get, h)
-            except ChunkError as exc:  # corrupt on disk: quarantined; fetch it again
-                log(logger, "chunk.refetch", logging.WARNING, chunk=h, reason=str(exc))
-                await fetch("a chunk was corrupt on disk")
-                data = await trio.to_thread.run_sync(self.store.get, h)
-            for i in range(0, len(data), PIECE):
-                yield data[i:i + PIECE]
+        held = isinstance(rec, OutputView) or self.begin_read(rec)
+        try:
+            await fetch(f"read by {ctx.peer.name}")
+            for h in manifest.chunks:
+                try:
+                    data = await trio.to_thread.run_sync(self.store.get, h)
+                except ChunkError as exc:  # corrupt on disk: quarantined; fetch it again
+                    log(logger, "chunk.refetch", logging.WARNING, chunk=h, reason=str(exc))
+                    await fetch("a chunk was corrupt on disk")
+                    data = await trio.to_thread.run_sync(self.store.get, h)
+                for i in range(0, len(data), PIECE):
+                    yield data[i:i + PIECE]
+        finally:
+            if isinstance(rec, DatasetRecord):
+                self.end_read(rec)
 
     async def _fetch_output(self, view: OutputView, m: FileManifest, why: str) -> None:
         """The chunks of one output file this node lacks, from the node that made it."""
@@ -520,8 +606,21 @@ class DataService:
             reason=why)
 
     async def _pull(self, ctx: CallContext, args: Any) -> str:
-        rec = await self.record(self._name(args, ctx))
-        await self.ensure_local(rec, why=f"replica asked for by {ctx.peer_id.hex()[:12]}")
+        return await self.pull(str(self._name(args, ctx)),
+                               f"replica asked for by {ctx.peer_id.hex()[:12]}")
+
+    async def pull(self, name: str, why: str) -> str:
+        """Take a replica: at most ``replication.max_pulls`` at once, and their bytes
+        admitted by the node's replication token bucket."""
+        rec = await self.record(parse_dataset_name(name, ""))
+        if name in self.holdings and self.holdings[name].version >= rec.version:
+            return "held"
+        async with self.replicas.pulls:
+            need = len(await self.missing(rec)) * CHUNK_SIZE
+            limit = self.replicas.rate
+            if limit is not None and need:
+                await trio.sleep(limit.take(min(need, rec.size), trio.current_time()))
+            await self.ensure_local(rec, why=why)
         return "held"
 
 
@@ -559,6 +658,18 @@ def _place_files(store: ChunkStore, rec: DatasetRecord, dest: Path) -> None:
             except OSError:
                 pass  # another file system: copy it
         write_file(m, store, path)
+
+
+def _delete_chunks(store: ChunkStore, hashes: set[bytes]) -> int:
+    freed = 0
+    for h in hashes:
+        try:
+            size = store.path(h).stat().st_size
+        except OSError:
+            continue
+        if store.delete(h):
+            freed += size
+    return freed
 
 
 def _clear_uploads(uploads: Path) -> None:

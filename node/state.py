@@ -76,6 +76,10 @@ MIGRATIONS: list[str] = [
         reads  INTEGER NOT NULL,
         PRIMARY KEY (name, site, bucket)
     );
+    -- chunks of job outputs collected here: a dropped replica never takes them along
+    CREATE TABLE output_chunks (
+        chunk BLOB PRIMARY KEY
+    );
     """,
 ]
 
@@ -312,6 +316,14 @@ class State:
 
     async def prune_access(self, first_bucket: int) -> None:
         await self._write([("DELETE FROM access WHERE bucket < ?", (first_bucket,))])
+
+    async def pin_output_chunks(self, hashes: set[bytes]) -> None:
+        if hashes:
+            await self._write([("INSERT OR IGNORE INTO output_chunks (chunk) VALUES (?)",
+                                [(h,) for h in hashes])])
+
+    async def output_chunks(self) -> set[bytes]:
+        return {r[0] for r in await self._fetchall("SELECT chunk FROM output_chunks")}
 
     async def load_slots(self) -> list[tuple[bytes, int, int, bytes | None]]:
         rows = await self._fetchall("SELECT job_id, promised, ballot, record FROM job_slots")

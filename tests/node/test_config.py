@@ -152,6 +152,18 @@ def test_unknown_key_message_lists_the_known_keys(tmp_path: Path) -> None:
     ("[dht]\nksize = -3\n", "'dht.ksize'"),
     ("[dht]\nalpha = 0\n", "dht.alpha"),
     ("[dht]\nksize = 4\nalpha = 5\n", "dht.alpha"),
+    ("[replication]\nwindow = -3\n", "'replication.window'"),
+    ("[replication]\nwindow = 1\n", "replication.window must be 2-1000"),
+    ("[replication]\nbucket_seconds = 0\n", "replication.bucket_seconds"),
+    ("[replication]\nalpha = 1.5\n", "replication.alpha"),
+    ("[replication]\nbeta = 0\n", "replication.beta"),
+    ("[replication]\nreads_per_replica = 0\n", "replication.reads_per_replica"),
+    ("[replication]\nmax_load = 2.0\n", "replication.max_load"),
+    ("[replication]\nheadroom = 1.0\n", "replication.headroom"),
+    ("[replication]\nmax_adds = 0\n", "replication.max_adds"),
+    ("[replication]\ninterval = 0\n", "replication.interval"),
+    ("[replication]\ngrace = 30.0\n", "storage.announce_interval"),
+    ("[replication]\nsurprise = 1\n", "surprise"),
 ])
 def test_wrong_types_and_values_are_refused(tmp_path: Path, text: str, needle: str) -> None:
     assert needle in refused(tmp_path, text)
