@@ -1,8 +1,10 @@
-"""Jobs: model, replicated queue, leases, matching (bottlenecks and brokerage next).
+"""Jobs: model, replicated queue, leases, matching, the bottleneck classifier
+(steering actions and brokerage next).
 
 The node uses only the names exported here.
 """
 
+from .health import Classifier, HealthError, HealthParams
 from .homeset import DEFAULT_R, Slot, home_set
 from .job import JobSpec, SignedJob, SpecError, parse_job_id
 from .jobs import JobService
@@ -13,6 +15,9 @@ from .record import FINAL, MAX_OUTPUTS, STATES, Failure, JobRecord
 from .worker import Worker
 
 __all__ = [
+    "Classifier",
+    "HealthError",
+    "HealthParams",
     "DEFAULT_R",
     "FINAL",
     "MAX_OUTPUTS",
