@@ -143,6 +143,19 @@ class ReplicationSection:
 
 
 @dataclass(frozen=True)
+class MonitorSection:
+    # Seconds between samples of this node; samples kept in memory.
+    interval: float = 10.0
+    window: int = 60
+    # Samples averaged into one row of the history in the state file; days kept.
+    history_every: int = 6
+    history_days: float = 7.0
+    # HOST:PORT of /metrics (Prometheus); "auto": loopback, the listen port + 1000
+    # (a random port when that is 0); "" turns it off.
+    metrics_listen: str = "auto"
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
     bootstrap: tuple[str, ...] = ()
@@ -162,12 +175,21 @@ class Config:
     queue: QueueSection = field(default_factory=QueueSection)
     storage: StorageSection = field(default_factory=StorageSection)
     replication: ReplicationSection = field(default_factory=ReplicationSection)
+    monitor: MonitorSection = field(default_factory=MonitorSection)
     # Labels this node offers jobs (a job's requirement "labels" must be among them).
     labels: tuple[str, ...] = ()
 
     @property
     def listen_address(self) -> tuple[str, int]:
         return parse_hostport(self.listen, "listen")
+
+    def metrics_address(self, listen_port: int) -> str:
+        """Where /metrics listens ("" when off)."""
+        text = self.monitor.metrics_listen
+        if text != "auto":
+            return text
+        port = listen_port + 1000 if listen_port and listen_port + 1000 <= 65535 else 0
+        return f"127.0.0.1:{port}"
 
     @property
     def bootstrap_addresses(self) -> list[tuple[str, int]]:
@@ -177,7 +199,7 @@ class Config:
 
 _SECTIONS = {"capacity": Capacity, "dht": DhtConfig, "channel": ChannelConfig,
              "queue": QueueSection, "storage": StorageSection,
-             "replication": ReplicationSection}
+             "replication": ReplicationSection, "monitor": MonitorSection}
 
 
 def _check_type(key: str, value: Any, default: Any) -> Any:
@@ -264,6 +286,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"replication.grace ({rep.grace:g} s) must be longer than "
                           f"storage.announce_interval ({st.announce_interval:g} s), or every "
                           f"holder would count as lost between two announcements")
+    mon = cfg.monitor
+    if not (mon.interval > 0 and 2 <= mon.window <= 100_000 and mon.history_every >= 1
+            and mon.history_days > 0):
+        raise ConfigError("monitor.interval and history_days must be positive, "
+                          "monitor.window 2-100000 and history_every at least 1")
+    if mon.metrics_listen not in ("", "auto"):
+        parse_hostport(mon.metrics_listen, "monitor.metrics_listen")
     ch = cfg.channel
     if not 4096 <= ch.max_frame <= 64 * 1024 * 1024:
         raise ConfigError("channel.max_frame must be 4096-67108864 bytes")

@@ -57,6 +57,7 @@ from .executor import Executor
 from .jobs import JobRunner, NodeMembership, SlotStore, sandbox_root
 from .jobs import methods as job_methods
 from .logs import log
+from .monitor import Monitor
 from .service import methods
 from .state import PeerRow, State, StateError, open_state
 
@@ -112,6 +113,7 @@ class Node:
                                            repair_after=cfg.queue.repair_after))
         self.job_service = JobService(self.queue, lambda: self.revocations.revoked)
         self.data = DataService(self)
+        self.monitor = Monitor(self)
         self.queue.inputs = self.data.check_inputs
         self.runner = JobRunner(self.executor, cfg.capacity.disk_gb * 1024, self.data)
         self.worker = Worker(grid, self.membership, self.pool, cert.name, frozenset(cfg.labels),
@@ -184,6 +186,7 @@ class Node:
                 if "compute" in self.roles:
                     await nursery.start(self.worker.run)
                 await nursery.start(self.data.run)
+                await nursery.start(self.monitor.run)
                 await nursery.start(serve_admin, self.datadir.admin_socket, self.handle_admin,
                                     self.counters)
                 log(logger, "node.started", id=self.key.id, grid=self.grid.grid_id,
@@ -446,6 +449,7 @@ class Node:
             "queue": self.queue.statistics(),
             "data": self.data.statistics(),
             "replication": self.data.replicas.statistics(),
+            "monitor": self.monitor.statistics(),
             "worker": {**self.worker.statistics(), **self.executor.statistics()},
             "refused": dict(self.counters),
             "cert_expires": self.cert.not_after,

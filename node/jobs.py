@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,12 @@ class JobRunner:
         self.executor = executor
         self.disk_mb = disk_mb
         self.data = data
+        self.outcomes: Counter[str] = Counter()  # jobs that ended here: ok, failed
+
+    async def run(self, rec: JobRecord) -> tuple[bool, Failure | None, list[Any]]:
+        outcome = await self._run(rec)
+        self.outcomes["ok" if outcome[0] else "failed"] += 1
+        return outcome
 
     def capacity(self) -> tuple[int, int, int]:
         return self.executor.cores, self.executor.memory_mb, self.disk_mb
@@ -111,7 +118,7 @@ class JobRunner:
     def kill(self, job_id: bytes, reason: str) -> None:
         self.executor.cancel(job_id.hex(), reason)
 
-    async def run(self, rec: JobRecord) -> tuple[bool, Failure | None, list[Any]]:
+    async def _run(self, rec: JobRecord) -> tuple[bool, Failure | None, list[Any]]:
         spec = rec.job.spec
         argv = tuple(a.replace("{index}", str(spec.index)) for a in spec.argv)
         stage_in = None

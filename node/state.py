@@ -81,6 +81,15 @@ MIGRATIONS: list[str] = [
         chunk BLOB PRIMARY KEY
     );
     """,
+    # 5: the monitor's down-sampled history (node.monitor).
+    """
+    CREATE TABLE metrics (
+        t     REAL NOT NULL,          -- wall-clock seconds
+        name  TEXT NOT NULL,
+        value REAL NOT NULL
+    );
+    CREATE INDEX metrics_t ON metrics (t);
+    """,
 ]
 
 
@@ -316,6 +325,16 @@ class State:
 
     async def prune_access(self, first_bucket: int) -> None:
         await self._write([("DELETE FROM access WHERE bucket < ?", (first_bucket,))])
+
+    async def add_metrics(self, rows: list[tuple[float, str, float]], before: float) -> None:
+        """Append history rows and delete those older than ``before``."""
+        await self._write([("INSERT INTO metrics (t, name, value) VALUES (?, ?, ?)", rows),
+                           ("DELETE FROM metrics WHERE t < ?", (before,))])
+
+    async def metrics(self, since: float) -> list[tuple[float, str, float]]:
+        rows = await self._fetchall("SELECT t, name, value FROM metrics WHERE t >= ? "
+                                    "ORDER BY t", (since,))
+        return [(r[0], r[1], r[2]) for r in rows]
 
     async def pin_output_chunks(self, hashes: set[bytes]) -> None:
         if hashes:

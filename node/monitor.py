@@ -1,0 +1,187 @@
+"""The node's monitor: samples, short series, a down-sampled history, /metrics.
+
+Every ``monitor.interval`` seconds the node samples itself (slots offered
+and free, jobs running, load, free disk, the chunk store's use, jobs that
+ended well or not since the last sample, the failure rate over the
+classifier's window), keeps the last ``monitor.window`` samples of each in
+memory, feeds its own bottleneck classifier (``steering.Classifier``), and
+every ``monitor.history_every`` samples writes their mean to the state file
+(``metrics`` table; rows older than ``monitor.history_days`` are deleted).
+
+``/metrics`` serves the Prometheus text format over HTTP (Starlette on
+Hypercorn's trio worker, inside the daemon's nursery) at
+``monitor.metrics_listen`` — loopback by default: every number of ``gridnode
+status`` as a gauge ``gridnode_<section>_<key>``, plus the latest samples as
+``gridnode_sample_<name>`` and the node's health state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from steering import Classifier, HealthParams
+
+from .config import parse_hostport
+from .logs import log
+
+if TYPE_CHECKING:
+    from .daemon import Node
+
+logger = logging.getLogger("gridnode.monitor")
+
+SAMPLES = ("slots_total", "slots_free", "jobs_running", "load", "disk_free_bytes",
+           "store_used_bytes", "jobs_ok", "jobs_failed", "failure_rate", "pressure")
+HEALTH = ("ok", "congested", "failing")
+
+
+class Monitor:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.cfg = node.cfg.monitor
+        self.series: dict[str, deque[tuple[float, float]]] = {
+            name: deque(maxlen=self.cfg.window) for name in SAMPLES}
+        self.health = Classifier(HealthParams(), time.time())
+        self._ended = (0, 0)
+        self._pending: list[dict[str, float]] = []
+        self.metrics_url: str | None = None
+
+    def sample(self, now: float) -> dict[str, float]:
+        ex = self.node.executor
+        free_cores, _ = ex.free()
+        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+        ok, failed = self.node.runner.outcomes["ok"], self.node.runner.outcomes["failed"]
+        new_ok, new_failed = ok - self._ended[0], failed - self._ended[1]
+        self._ended = (ok, failed)
+        for _ in range(new_ok):
+            self.health.outcome(now, True)
+        for _ in range(new_failed):
+            self.health.outcome(now, False)
+        # Pressure on a node: its CPU oversubscribed (a load of 1 per core is busy, not
+        # congested: it counts 0.5; 2 per core counts 1), or its disk filling.
+        disk = shutil.disk_usage(self.node.datadir.root)
+        pressure = max(min(2.0, load / 2), 1 - disk.free / disk.total if disk.total else 0.0)
+        self.health.sample(now, pressure)
+        return {"slots_total": float(ex.cores), "slots_free": float(free_cores),
+                "jobs_running": float(len(ex.running())), "load": round(load, 3),
+                "disk_free_bytes": float(disk.free),
+                "store_used_bytes": float(self.node.data.store.used_bytes),
+                "jobs_ok": float(new_ok), "jobs_failed": float(new_failed),
+                "failure_rate": self.health.failure_rate, "pressure": round(pressure, 3)}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            if self.cfg.metrics_listen:  # "" turns /metrics off
+                await nursery.start(self._serve_metrics)
+            task_status.started()
+            while True:
+                await self.tick(time.time())
+                await trio.sleep(self.cfg.interval)
+
+    async def tick(self, now: float) -> None:
+        before = self.health.state
+        values = self.sample(now)
+        for name, v in values.items():
+            self.series[name].append((now, v))
+        if self.health.state != before:
+            log(logger, "health.changed", logging.WARNING if self.health.state != "ok"
+                else logging.INFO, state=self.health.state, was=before,
+                reason=self.health.reason)
+        self._pending.append(values)
+        if len(self._pending) >= self.cfg.history_every:
+            rows = [(now, name, sum(p[name] for p in self._pending) / len(self._pending))
+                    for name in SAMPLES]
+            self._pending = []
+            await self.node.state.add_metrics(rows, now - self.cfg.history_days * 86400)
+
+    def latest(self) -> dict[str, float]:
+        return {name: s[-1][1] for name, s in self.series.items() if s}
+
+    def statistics(self) -> dict[str, Any]:
+        return {**self.latest(), "health": self.health.state,
+                "health_reason": self.health.reason, "metrics_url": self.metrics_url}
+
+    # -- /metrics ------------------------------------------------------------
+
+    async def prometheus(self) -> str:
+        status = await self.node._op_status()
+        labels = f'node="{status["id"][:16]}",site="{_escape(status["site"])}"'
+        lines: list[str] = []
+        for name, value in _numbers(status, "gridnode"):
+            lines += [f"# TYPE {name} gauge", f"{name}{{{labels}}} {value}"]
+        for name, value in self.latest().items():
+            lines += [f"# TYPE gridnode_sample_{name} gauge",
+                      f"gridnode_sample_{name}{{{labels}}} {value}"]
+        lines.append("# TYPE gridnode_health gauge")
+        lines += [f'gridnode_health{{{labels},state="{s}"}} {int(self.health.state == s)}'
+                  for s in HEALTH]
+        return "\n".join(lines) + "\n"
+
+    async def _serve_metrics(self, *, task_status: trio.TaskStatus[None]
+                             = trio.TASK_STATUS_IGNORED) -> None:
+        from hypercorn.config import Config as HttpConfig
+        from hypercorn.trio import serve
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+
+        async def metrics(request: Request) -> PlainTextResponse:
+            return PlainTextResponse(await self.prometheus(),
+                                     media_type="text/plain; version=0.0.4")
+
+        app = Starlette(routes=[Route("/metrics", metrics)])
+        config = HttpConfig()
+        config.bind = [self.node.cfg.metrics_address(self.node.bound[1]
+                                                     if self.node.bound else 0)]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("gridnode.http")
+        try:
+            _check_free(config.bind[0])  # Hypercorn would leak its socket on a taken port
+        except OSError as exc:  # the node serves on without /metrics
+            log(logger, "metrics.unavailable", logging.WARNING, address=config.bind[0],
+                reason=str(exc))
+            task_status.started()
+            return
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(serve, app, config)
+            self.metrics_url = f"{urls[0]}/metrics" if urls else None
+            log(logger, "metrics.serving", url=self.metrics_url,
+                reason="monitor.metrics_listen is set")
+            task_status.started()
+
+
+def _check_free(address: str) -> None:
+    """Raise OSError if ``address`` cannot be listened on now."""
+    host, port = parse_hostport(address, "monitor.metrics_listen")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _numbers(obj: Any, prefix: str) -> list[tuple[str, float]]:
+    """The numeric leaves of a status dict, named after their path."""
+    out: list[tuple[str, float]] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            key = "".join(c if c.isalnum() else "_" for c in str(k))
+            out += _numbers(v, f"{prefix}_{key}")
+    elif isinstance(obj, bool):
+        out.append((prefix, float(obj)))
+    elif isinstance(obj, int | float) and math.isfinite(obj):
+        out.append((prefix, obj))
+    return out

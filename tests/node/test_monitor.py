@@ -1,0 +1,82 @@
+"""The node's monitor: samples, history in the state file, Prometheus /metrics."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import urllib.request
+
+import trio
+
+from node.config import Config, MonitorSection
+from tests.conftest import make_grid
+from tests.node.test_jobs import grid_of, until
+
+FAST = {"monitor": {"interval": 0.1, "history_every": 3, "metrics_listen": "127.0.0.1:0"}}
+
+
+def get(url: str) -> tuple[int, str, str]:
+    with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - loopback test URL
+        return r.status, r.headers["content-type"], r.read().decode()
+
+
+async def test_samples_history_and_prometheus_metrics(short_tmp):
+    dirs = make_grid(short_tmp, 1)
+    async with trio.open_nursery() as nursery:
+        [node] = await grid_of(nursery, dirs, **FAST)
+        mon = node.monitor
+
+        async def history():  # read from the state file as another process would
+            def read():
+                with sqlite3.connect(node.datadir.state) as db:
+                    return db.execute("SELECT t, name, value FROM metrics").fetchall()
+            return await trio.to_thread.run_sync(read)
+
+        rows = await until(history)
+        assert {name for _, name, _ in rows} >= {"slots_total", "load", "disk_free_bytes"}
+        slots = [v for _, name, v in rows if name == "slots_total"]
+        assert slots and slots[0] == float(node.executor.cores)
+        assert len(mon.series["load"]) >= 3
+        assert mon.metrics_url is not None and mon.metrics_url.startswith("http://127.0.0.1:")
+        status, ctype, text = await trio.to_thread.run_sync(get, mon.metrics_url)
+        assert status == 200 and ctype.startswith("text/plain")
+        site = node.cert.name
+        assert f'gridnode_sample_slots_total{{node="{node.key.id.hex()[:16]}",site="{site}"}} ' \
+               f'{float(node.executor.cores)}' in text
+        # One health state at a time (which one depends on this machine's load).
+        health = [line for line in text.splitlines() if line.startswith("gridnode_health{")]
+        assert len(health) == 3 and sum(float(h.rsplit(" ", 1)[1]) for h in health) == 1
+        assert f'state="{mon.health.state}"}} 1' in text
+        assert "gridnode_data_datasets_held{" in text
+        assert "gridnode_peers_known{" in text
+        for line in text.splitlines():  # every sample line is NAME{LABELS} NUMBER
+            if not line.startswith("#"):
+                float(line.rsplit(" ", 1)[1])
+        st = await node._op_status()
+        assert st["monitor"]["health"] in ("ok", "congested")
+        assert st["monitor"]["metrics_url"] == mon.metrics_url
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_taken_metrics_port_is_logged_and_the_node_serves_on(short_tmp, caplog):
+    dirs = make_grid(short_tmp, 1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            [node] = await grid_of(nursery, dirs, monitor={
+                "interval": 0.1, "metrics_listen": f"127.0.0.1:{port}"})
+            assert node.monitor.metrics_url is None
+            assert "metrics.unavailable" in caplog.text
+            assert (await node._op_status())["peers_known"] == 0  # still answering
+            nursery.cancel_scope.cancel()
+
+
+def test_auto_metrics_address_follows_the_listen_port():
+    cfg = Config()
+    assert cfg.metrics_address(7400) == "127.0.0.1:8400"
+    assert cfg.metrics_address(0) == "127.0.0.1:0"
+    assert cfg.metrics_address(65000) == "127.0.0.1:0"
+    off = Config(monitor=MonitorSection(metrics_listen=""))
+    assert off.metrics_address(7400) == ""
