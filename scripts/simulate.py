@@ -326,10 +326,10 @@ def run_bottleneck(args: argparse.Namespace) -> dict[str, Any]:
     report["notes"] = ("throughput = jobs finished per hour of makespan; job wait = from "
                        "submission to the start of the compute that finished the job; "
                        "stage-in per completed stage-in; core_hours split the cores' time "
-                       "(idle_jobs_waiting: free cores while jobs wait, idle_queue_empty: "
-                       "before the queue fills and after it empties); the oracle is a lower "
-                       "bound on the makespan; wall_s and wall_seconds are real seconds, "
-                       "the rest is simulated")
+                       "(idle_jobs_waiting: free cores while jobs wait; idle_arrivals, "
+                       "idle_tail: no job waits, before and after the last submission); the "
+                       "oracle is a lower bound on the makespan; wall_s and wall_seconds are "
+                       "real seconds, the rest is simulated")
     return report
 
 

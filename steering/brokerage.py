@@ -28,12 +28,14 @@ rules, each a function:
     ``probe_every`` seconds it runs one probe (a short test job), and the
     classifier lets it back after ``recover_after`` probes pass.
 (c) **Release** (``should_release``): a job whose stage-in or queue wait at
-    a node has lasted ``release_after`` seconds is released, to be matched
-    elsewhere, when what is predicted to be left of it there is itself longer
-    than ``release_after`` and more than ``release_gain`` times what the whole
-    of it would take elsewhere.  A job nearly through is never released: on
-    a saturated link, releasing transfers near their end would burn the
-    link on transfers that never finish.
+    a node that is not ``ok`` has lasted ``release_after`` seconds is
+    released, to be matched elsewhere, when what is predicted to be left of
+    it there is itself longer than ``release_after`` and more than
+    ``release_gain`` times what the whole of it would take elsewhere.  At an
+    ok node the wait comes from elsewhere (a hot source) and would follow the
+    job; a job nearly through is never released: on a saturated link,
+    releasing transfers near their end would burn the link on transfers that
+    never finish.
 (d) **Source** (``pick_source``): the replica on the node itself; else
     sources whose node is ``ok`` before ``congested`` ones before
     ``failing`` ones; within a class one at the reader's site, then the best
@@ -214,11 +216,13 @@ def match(view: NodeView, options: Sequence[Option], p: BrokerParams,
     return Match(choose(options, c, p), c.probe)
 
 
-def should_release(waited_s: float, left_s: float, elsewhere_s: float,
+def should_release(waited_s: float, left_s: float, elsewhere_s: float, here: NodeView,
                    p: BrokerParams) -> bool:
-    """(c) Release a job that has waited ``waited_s`` (stage-in or queue) at a node where
-    ``left_s`` more is predicted, when the whole of it would take ``elsewhere_s``?"""
-    return (waited_s >= p.release_after
+    """(c) Release a job that has waited ``waited_s`` (stage-in or queue) at the node
+    ``here`` where ``left_s`` more is predicted, when the whole of it would take
+    ``elsewhere_s``?  Only from a node that is not ok: at an ok node the wait comes
+    from elsewhere (a hot source), and would follow the job."""
+    return (here.state != "ok" and waited_s >= p.release_after
             and left_s > max(p.release_after, p.release_gain * max(elsewhere_s, 0.0)))
 
 

@@ -23,8 +23,8 @@ The schedulers (``SCHEDULERS``):
                   for one of its cores, whatever the node's state; a failed
                   attempt or a job of a dead node is pushed again, to the next
                   node in turn.
-``random``        pull: the job at the head of the queue goes to a node drawn
-                  at random among those with a free core.
+``random``        pull: the job at the head of the queue goes to a free core
+                  drawn at random (so a node in proportion to its free cores).
 ``least-loaded``  pull: ``replication.sim.LeastLoaded`` (the least loaded node
                   at the job's site, else at the site with the most free
                   cores); no trends, no data locality.
@@ -167,9 +167,21 @@ class RandomPull(Scheduler):
         return self
 
     def choose(self, job: Job, grid: sim.Grid) -> Node | None:
-        free = [n for s in grid.sites if s.free_cores > 0 for n in s.nodes
-                if n.alive and n.free_cores > 0]
-        return self.rng.choice(free) if free else None
+        """A free core drawn at random: its site in proportion to the sites' free cores,
+        then its node in proportion to the nodes' free cores there."""
+        if grid.free_cores <= 0:
+            return None
+        x = self.rng.randrange(grid.free_cores)
+        for site in grid.sites:
+            if x < site.free_cores:
+                for node in site.nodes:
+                    if node.alive and x < node.free_cores:
+                        return node
+                    if node.alive:
+                        x -= node.free_cores
+                break
+            x -= site.free_cores
+        raise AssertionError("free core counts disagree")  # pragma: no cover - grid.check
 
 
 class LeastLoadedPull(Scheduler):
@@ -186,9 +198,11 @@ class Steering(Scheduler):
     what it can observe and feeds its own ``Classifier``: the largest of
 
     * the backlog of its network card: the bytes still to move in the
-      transfers through it, over the card's capacity now, in seconds, over
-      ``stage_bound`` (1 when the card needs ``stage_bound`` seconds for what
-      is queued on it: a hot source, or a slow disk);
+      transfers through it, over the card's capacity now, in seconds, times
+      the share of that capacity in use, over ``stage_bound`` (1 when a busy
+      card needs ``stage_bound`` seconds for what is queued on it: a hot
+      source, or a slow disk; a card whose transfers are held up elsewhere
+      moves little and counts little);
     * the backlog of its site's WAN link, measured the same way (the nodes of
       a site see their uplink's counters: a slow or saturated link);
     * its load: ``load_weight`` (0.4) x the share of its cores in use (a full
@@ -210,11 +224,11 @@ class Steering(Scheduler):
       stretched by a congested end); a failing node runs a probe every
       ``probe_every`` seconds instead: a test job that passes after
       ``probe_time`` seconds, or fails like any job at a failing site;
-    * at each sample every stage-in is weighed by ``should_release``: waited
-      since it began, left at its current rate, against the whole stage-in
-      on an ok node of another site from the best source (stretched if that
-      source is congested); a released job goes back to the head of the
-      queue and is not matched to that node again;
+    * at each sample every stage-in at a node that is not ok is weighed by
+      ``should_release``: waited since it began, left at its current rate,
+      against the whole stage-in on an ok node of another site from the best
+      source (stretched if that source is congested); a released job goes
+      back to the head of the queue and is not matched to that node again;
     * a stage-in reads from ``pick_source`` over the complete replicas (states
       as published, the rate a new transfer would get now).
     """
@@ -282,11 +296,15 @@ class Steering(Scheduler):
 
     @staticmethod
     def backlog(link: sim.model.Link, now: float) -> float:
-        """Seconds ``link`` needs to move what is queued on it at its capacity now."""
-        left = 0.0
+        """Seconds ``link`` needs to move what is queued on it at its capacity now, times
+        how busy it is (the share of its capacity in use): a link that moves little of
+        what it holds is not where the transfers are held up."""
+        left = rate = 0.0
         for tr in link.active:
             left += max(0.0, tr.remaining - tr.rate * (now - tr.last))
-        return left / link.capacity
+            rate += tr.rate
+        cap = link.capacity
+        return min(1.0, rate / cap) * left / cap
 
     def _pressure(self, node: Node, now: float, site_backlog: float) -> float:
         load = self.load_weight * (1 - node.free_cores / node.cores)
@@ -335,12 +353,13 @@ class Steering(Scheduler):
             node = job.node
             if node is None or job.transfer is not tr:
                 continue
+            here = self.published[node.index]
             left = max(0.0, tr.remaining - tr.rate * (now - tr.last))
             rest = left / tr.rate if tr.rate > 0 else math.inf
-            if not bk.should_release(now - job.stage_start, rest, 0.0, p):
+            if not bk.should_release(now - job.stage_start, rest, 0.0, here, p):
                 continue                      # not yet long enough: skip the estimate
             elsewhere = self._elsewhere(job, node)
-            if bk.should_release(now - job.stage_start, rest, elsewhere, p):
+            if bk.should_release(now - job.stage_start, rest, elsewhere, here, p):
                 self.released += 1
                 self.release_core_seconds += now - job.stage_start
                 self.released_from[job.spec.index] = node.index
@@ -527,7 +546,8 @@ class BottleneckGrid(sim.Grid):
         self.lost_core_seconds = 0.0                      # in failed attempts
         self.compute_start = [math.nan] * len(self.jobs)  # of the attempt that finished
         self.idle_waiting = 0.0                           # core-s free while jobs wait
-        self.idle_empty = 0.0                             # ... while none does
+        self.idle_arrivals = 0.0                          # ... none waits, more to come
+        self.idle_tail = 0.0                              # ... none waits, none to come
         self.account_every = 60.0
         self.nominal_wan = [s.wan.capacity for s in self.sites]
         self.nominal_nic = [n.nic.capacity for n in self.nodes]
@@ -542,14 +562,17 @@ class BottleneckGrid(sim.Grid):
         return super().run()
 
     def _account(self) -> None:
-        """Every minute: the free cores of live nodes, idle while jobs wait or not."""
+        """Every minute: the free cores of live nodes, idle while jobs wait, or while none
+        does before the last submission (arrivals) or after it (the tail)."""
         if self.done:
             return
         idle = self.free_cores * self.account_every
         if self.scheduler.waiting():
             self.idle_waiting += idle
+        elif self.now < self.workload.duration:
+            self.idle_arrivals += idle
         else:
-            self.idle_empty += idle
+            self.idle_tail += idle
         self.engine.after(self.account_every, self._account)
 
     # -- bottlenecks -------------------------------------------------------------------------

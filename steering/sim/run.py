@@ -12,6 +12,12 @@ Figures of a run (``run_one``):
 * ``failed_attempts``: attempts that failed (at a failing site);
   ``lost_core_hours``: the core time they held; ``jobs_failed``: jobs that
   failed ``max_attempts`` times;
+* ``core_hours``: where the cores' time went: ``compute`` (of the jobs that
+  finished), ``stage_in`` (completed stage-ins), ``failed_attempts``,
+  ``idle_jobs_waiting`` (free cores while jobs wait: failing nodes held back,
+  congested nodes' caps, push's uneven queues), ``idle_arrivals`` (no job
+  waits, more are to be submitted) and ``idle_tail`` (no job waits, all
+  were submitted: the last jobs running); sampled every minute;
 * ``wan_bytes``: bytes between sites; ``local_hits``, ``lan_stage_ins``,
   ``wan_stage_ins``;
 * for ``gridnode``: ``released``, ``probes``, ``probes_failed``, and the
@@ -72,7 +78,8 @@ def run_one(world: World, name: str, broker: bk.BrokerParams | None = None,
             "stage_in": round(sum(stage) / 3600),
             "failed_attempts": round(grid.lost_core_seconds / 3600),
             "idle_jobs_waiting": round(grid.idle_waiting / 3600),
-            "idle_queue_empty": round(grid.idle_empty / 3600),
+            "idle_arrivals": round(grid.idle_arrivals / 3600),
+            "idle_tail": round(grid.idle_tail / 3600),
         },
         "restarts": stats.jobs_restarted,
         "local_hits": stats.local_hits,

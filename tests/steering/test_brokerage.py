@@ -151,21 +151,29 @@ def test_choose_respects_the_claim_and_the_exclusions(opts, jobs, moves):
 # -- (c) releases ----------------------------------------------------------------------------
 
 
+HOT = NodeView("congested", prediction=1.5)
+
+
 def test_a_stuck_stage_in_is_released_only_past_the_bound_and_far_from_done():
-    assert not should_release(599.0, 5000.0, 60.0, P)           # not long enough yet
-    assert should_release(600.0, 5000.0, 60.0, P)
-    assert not should_release(900.0, 500.0, 60.0, P)            # nearly through
-    assert not should_release(900.0, 5000.0, 3000.0, P)         # no better elsewhere
+    assert not should_release(599.0, 5000.0, 60.0, HOT, P)      # not long enough yet
+    assert should_release(600.0, 5000.0, 60.0, HOT, P)
+    assert not should_release(900.0, 500.0, 60.0, HOT, P)       # nearly through
+    assert not should_release(900.0, 5000.0, 3000.0, HOT, P)    # no better elsewhere
+
+
+def test_a_node_that_is_ok_releases_nothing_its_waits_come_from_elsewhere():
+    assert not should_release(5000.0, 1e6, 1.0, NodeView("ok"), P)
+    assert should_release(5000.0, 1e6, 1.0, NodeView("failing"), P)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.floats(0.0, 1e5), st.floats(0.0, 1e5), st.floats(0.0, 1e5), st.floats(0.0, 1e4),
-       st.floats(0.0, 1e4))
-def test_release_is_monotone_in_the_wait_and_what_is_left(waited, left, elsewhere, dw, dl):
-    if should_release(waited, left, elsewhere, P):
-        assert should_release(waited + dw, left + dl, elsewhere, P)
-    if waited < P.release_after or left <= P.release_after:
-        assert not should_release(waited, left, elsewhere, P)
+       st.floats(0.0, 1e4), views())
+def test_release_is_monotone_in_the_wait_and_what_is_left(waited, left, elsewhere, dw, dl, v):
+    if should_release(waited, left, elsewhere, v, P):
+        assert should_release(waited + dw, left + dl, elsewhere, v, P)
+    if waited < P.release_after or left <= P.release_after or v.state == "ok":
+        assert not should_release(waited, left, elsewhere, v, P)
 
 
 # -- (d) sources -----------------------------------------------------------------------------
