@@ -153,6 +153,8 @@ class MonitorSection:
     # HOST:PORT of /metrics (Prometheus); "auto": loopback, the listen port + 1000
     # (a random port when that is 0); "" turns it off.
     metrics_listen: str = "auto"
+    # Seconds between probe jobs while this node is failing (it claims no jobs).
+    probe_interval: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -288,8 +290,8 @@ def validate(cfg: Config) -> Config:
                           f"holder would count as lost between two announcements")
     mon = cfg.monitor
     if not (mon.interval > 0 and 2 <= mon.window <= 100_000 and mon.history_every >= 1
-            and mon.history_days > 0):
-        raise ConfigError("monitor.interval and history_days must be positive, "
+            and mon.history_days > 0 and mon.probe_interval > 0):
+        raise ConfigError("monitor.interval, history_days and probe_interval must be positive, "
                           "monitor.window 2-100000 and history_every at least 1")
     if mon.metrics_listen not in ("", "auto"):
         parse_hostport(mon.metrics_listen, "monitor.metrics_listen")
