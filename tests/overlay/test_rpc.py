@@ -11,7 +11,7 @@ import trio
 from overlay import Certificate, GridInfo, KeyPair
 from overlay._handshake import HELLO_TAG, VERSION, FrameReader, HandshakeRefused, frame
 from overlay._wire import packb
-from overlay.channel import ChannelServer, Credentials, open_channel
+from overlay.channel import SEND_QUEUE, ChannelServer, Credentials, SecureChannel, open_channel
 from overlay.pool import RpcPool
 from overlay.rpc import (
     CallContext,
@@ -399,3 +399,53 @@ async def test_answers_and_requests_over_the_frame_cap_are_typed_errors() -> Non
         assert err.value.code == "too_large"
         assert len(await c.call("big", 1000)) == 1000  # both ends still fine
     assert server.counters["calls_failed"] == 1
+
+
+async def test_sender_cancelled_on_a_full_queue_leaves_no_partial_frame() -> None:
+    """Big frames fill the socket and the queue while the peer does not read: the
+    socket takes frames in part, the writer task finishes them, a sender that
+    gives up waiting for room sends nothing, and the peer gets every sent frame
+    whole and in order."""
+    got: list[Any] = []
+    release, done = trio.Event(), trio.Event()
+
+    async def slow_reader(channel: SecureChannel) -> None:
+        await release.wait()
+        while (msg := await channel.receive()) != "last":
+            got.append(msg)
+        done.set()
+
+    big = b"x" * 200_000
+    server = ChannelServer(creds(3), slow_reader)
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(server.serve, "127.0.0.1", 0)
+        async with open_channel("127.0.0.1", port, creds(4)) as ch:
+            sent = 0
+            while True:
+                with trio.move_on_after(0.5) as waited:
+                    await ch.send([sent, big])
+                if waited.cancelled_caught:
+                    break  # the queue is full: this one was not sent
+                sent += 1
+            assert sent >= SEND_QUEUE
+            release.set()
+            await ch.send("last")
+            with trio.fail_after(10):
+                await done.wait()
+        nursery.cancel_scope.cancel()
+    assert [m[0] for m in got] == list(range(sent))
+    assert all(m[1] == big for m in got)
+
+
+async def test_sends_that_go_straight_through_still_let_other_tasks_run() -> None:
+    async with serving() as (_, port), open_channel("127.0.0.1", port, creds(4)) as ch:
+        ran = trio.Event()
+
+        async def other() -> None:
+            ran.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            for i in range(100):  # nothing else here is a schedule point
+                await ch.send([0, i, "echo", i])
+            assert ran.is_set()
