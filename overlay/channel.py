@@ -54,6 +54,9 @@ YIELD_EVERY = 16
 # larger ones as two, so that writev sends them without a copy.
 COALESCE = 16 * 1024
 WRITEV_BUFFERS = 64
+# While answers to messages read together are held back to go out together,
+# this many queued frames are written anyway.
+HOLD_FRAMES = 32
 
 
 class MessageTooLarge(ValueError):
@@ -112,6 +115,10 @@ class SecureChannel:
         self._queue: deque[tuple[bytes | memoryview, bool]] = deque()  # (bytes, ends a frame)
         self._queued = 0  # frames in the queue, the first maybe partly written
         self._writer_owns = False  # the socket was full: the writer task writes next
+        # Set while frames read together are being answered: their answers are
+        # queued and go out together (one writev) before the next read, or
+        # from the writer task one scheduler round later (see ``receive``).
+        self._hold = False
         self._room = trio.lowlevel.ParkingLot()  # senders waiting for queue space
         self._work = trio.lowlevel.ParkingLot()  # the writer task, waiting for frames
         self._ending = False  # the final frame is queued
@@ -167,16 +174,20 @@ class SecureChannel:
             self._queue.append((header, False))
             self._queue.append((ciphertext, True))
         self._queued += 1
-        if not self._writer_owns:
-            if self._sock is not None:
-                try:
-                    self._flush()
-                except OSError as exc:
-                    self._broken(exc)
-                    raise ChannelClosed(f"connection broke while sending: {exc}") from None
-            if self._queue:
-                self._writer_owns = True
-                self._work.unpark()
+        if not self._writer_owns and (not self._hold or final or self._queued >= HOLD_FRAMES):
+            self._push()
+
+    def _push(self) -> None:
+        """Write what the socket takes now; leave the rest to the writer task."""
+        if self._sock is not None:
+            try:
+                self._flush()
+            except OSError as exc:
+                self._broken(exc)
+                raise ChannelClosed(f"connection broke while sending: {exc}") from None
+        if self._queue:
+            self._writer_owns = True
+            self._work.unpark()
 
     def _flush(self) -> None:
         """Write as much of the queue as the socket takes without blocking."""
@@ -220,8 +231,15 @@ class SecureChannel:
                 plaintext = self._session.decrypt_untrusted(data)
                 if self._session.finished:
                     raise ChannelClosed("peer closed the channel", clean=True)
+                if not self._hold and self._reader.frame_ready():
+                    # Several messages came in one read (calls in flight together):
+                    # what is sent in answer waits to go out in one write.
+                    self._hold = True
+                    self._work.unpark()
                 return unpackb_untrusted(plaintext, max_size=self._session.max_frame,
                                          max_items=MAX_MESSAGE_ITEMS)
+            if self._hold and self._queue and not self._writer_owns:
+                self._push()  # the answers to what was read go out before we wait
             # Small reads while idle (a large buffer costs an allocation per read),
             # large ones while a previous read came back full (bulk data flowing).
             size = READ_SIZE if self._streaming else IDLE_READ_SIZE
@@ -244,9 +262,18 @@ class SecureChannel:
             self._reader.feed(chunk)
 
     async def _write(self) -> None:
-        """Write what senders could not: wait until the socket is writable, then flush."""
+        """Write what senders could not: wait until the socket is writable, then
+        flush; and end a hold one scheduler round after it began."""
         try:
             while True:
+                if self._hold:
+                    # The tasks woken with us (callers answered by the same read)
+                    # queue their frames in this round; they go out in the next.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    self._hold = False
+                    if self._queue and not self._writer_owns:
+                        self._push()
+                    continue
                 if not self._queue:
                     self._writer_owns = False
                     if self._ending or self.closed:
@@ -265,6 +292,8 @@ class SecureChannel:
                     self.bytes_sent += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._broken(exc)
+        except ChannelClosed:
+            pass  # _push found the connection broken
         finally:
             self.closed = True
             self._room.unpark_all()

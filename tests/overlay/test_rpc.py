@@ -449,3 +449,25 @@ async def test_sends_that_go_straight_through_still_let_other_tasks_run() -> Non
             for i in range(100):  # nothing else here is a schedule point
                 await ch.send([0, i, "echo", i])
             assert ran.is_set()
+
+
+async def test_answer_to_one_of_several_messages_read_together_is_not_held_back() -> None:
+    """Messages read together make their answers wait to go out in one write, but
+    no longer than one scheduler round: a handler that answers the first and
+    never reads again still gets its answer out."""
+    async def answer_two(channel: SecureChannel) -> None:
+        for _ in range(2):
+            await channel.send(["re", await channel.receive()])
+        await trio.sleep_forever()
+
+    server = ChannelServer(creds(3), answer_two)
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(server.serve, "127.0.0.1", 0)
+        async with open_channel("127.0.0.1", port, creds(4)) as ch:
+            await ch.send(0)  # one round trip first: the server's writer task is idle
+            assert await ch.receive() == ["re", 0]
+            both = b"".join(frame(ch._session.encrypt(packb(i))) for i in (1, 2))
+            await ch._stream.send_all(both)  # one write: the server reads both at once
+            with trio.fail_after(5):
+                assert await ch.receive() == ["re", 1]
+        nursery.cancel_scope.cancel()
