@@ -104,7 +104,8 @@ class FrameReader:
         end = LENGTH.size + n
         if len(self._buf) < end:
             return None
-        payload = bytes(self._buf[LENGTH.size:end])
+        with memoryview(self._buf) as view:  # one copy, not two (slice, then bytes)
+            payload = bytes(view[LENGTH.size:end])
         del self._buf[:end]
         return payload
 
