@@ -1,4 +1,4 @@
-"""The secure channel and RPC over real loopback TCP."""
+"""The secure channel and RPC over real loopback TCP (one channel over an in-memory stream)."""
 
 import time
 from collections.abc import AsyncIterator
@@ -7,11 +7,28 @@ from typing import Any
 
 import pytest
 import trio
+from trio.testing import memory_stream_pair
 
 from overlay import Certificate, GridInfo, KeyPair
-from overlay._handshake import HELLO_TAG, VERSION, FrameReader, HandshakeRefused, frame
+from overlay._handshake import (
+    HELLO_TAG,
+    VERSION,
+    ClientHandshake,
+    FrameReader,
+    HandshakeRefused,
+    ServerHandshake,
+    frame,
+)
 from overlay._wire import packb
-from overlay.channel import SEND_QUEUE, ChannelServer, Credentials, SecureChannel, open_channel
+from overlay.channel import (
+    SEND_QUEUE,
+    ChannelClosed,
+    ChannelServer,
+    Credentials,
+    SecureChannel,
+    _run_channel,
+    open_channel,
+)
 from overlay.pool import RpcPool
 from overlay.rpc import (
     CallContext,
@@ -471,3 +488,33 @@ async def test_answer_to_one_of_several_messages_read_together_is_not_held_back(
             with trio.fail_after(5):
                 assert await ch.receive() == ["re", 1]
         nursery.cancel_scope.cancel()
+
+
+async def test_channel_over_a_stream_that_is_not_a_socket() -> None:
+    """Without a socket to write to directly, the writer task sends everything:
+    frames keep their order and the stream ends cleanly all the same."""
+    a, b = creds(4), creds(3)
+    client = ClientHandshake(a.key, a.cert, a.grid)
+    server = ServerHandshake(b.key, b.cert, b.grid)
+    m3 = client.receive_server_untrusted(server.receive_hello_untrusted(client.hello()),
+                                         now=time.time(), revoked=frozenset())
+    server_session, m4 = server.receive_client_untrusted(m3, now=time.time(),
+                                                         revoked=frozenset())
+    client_session = client.receive_verdict_untrusted(m4)
+    left, right = memory_stream_pair()
+    big = b"y" * 100_000
+    got: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        async def read_all() -> None:
+            async with _run_channel(right, server_session, FrameReader(1 << 20), "b") as ch:
+                try:
+                    while True:
+                        got.append(await ch.receive())
+                except ChannelClosed as exc:
+                    assert exc.clean
+
+        nursery.start_soon(read_all)
+        async with _run_channel(left, client_session, FrameReader(1 << 20), "a") as ch:
+            for i in range(3 * SEND_QUEUE):
+                await ch.send([i, big])
+    assert [m[0] for m in got] == list(range(3 * SEND_QUEUE))
