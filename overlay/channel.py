@@ -3,9 +3,11 @@
 ``open_channel`` connects and handshakes; ``ChannelServer`` accepts, gives
 each handshake a deadline (a slow-loris peer is cut off), refuses and
 counts what fails, and hands each established channel to a handler.  A
-channel sends from one writer task, so messages are encrypted in the order
-they leave, a cancelled sender never leaves half a frame on the wire, and a
-queue of bounded depth makes a slow reader slow the writers down.
+sender encrypts and queues its frame in one synchronous step and writes
+what the socket takes at once; a writer task writes the rest when the
+socket is writable.  So messages are encrypted in the order they leave, a
+cancelled sender never leaves half a frame on the wire, and a queue of
+bounded depth makes a slow reader slow the writers down.
 """
 
 from __future__ import annotations
