@@ -63,8 +63,10 @@ The rules, each of which a test holds:
   were ours, so an announcement whose custodian went away is not left
   standing.
 - **At the maximum, replicas stay put.**  No copy goes beyond
-  ``max_replicas``, not even to follow the reads: a site that wants a replica
-  then waits until a trim (the count above the target) has made room.
+  ``max_replicas``, not even to follow the reads, and replicas announced as
+  leaving count until dropped (one may yet be taken back, by us or by
+  another custodian): a site that wants a replica then waits until a trim
+  (the count above the target) has made room.
 """
 
 from __future__ import annotations
@@ -324,8 +326,13 @@ def decide(ds: DatasetState, trend: Trend, by_site: Mapping[str, float],
             f" and {len(memory.adding)} coming" if memory.adding else "")
         if total >= target:
             why = f"no replica at {_sites(uncovered, by_site)}; " + why
-        for node in _place(ds, max(target - total, len(uncovered)), counted, set(uncovered),
-                           by_site, nodes, holders, memory, p, key):
+        # Room under max_replicas counts the leaving replicas too: one may yet be
+        # taken back (by us or by another custodian), and with our copy on top of
+        # it the count would exceed the maximum.
+        dropped = sum(1 for a in actions if a.kind == "drop")
+        room = ds.max_replicas - (len(alive) - dropped) - len(memory.adding)
+        for node in _place(ds, min(room, max(target - total, len(uncovered))), counted,
+                           set(uncovered), by_site, nodes, holders, memory, p, key):
             memory.adding[node.id] = now
             actions.append(Action("add", node.id, f"{why}; site {node.site}", now))
         reasons.append(why)

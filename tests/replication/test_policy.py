@@ -346,6 +346,20 @@ def test_a_move_never_takes_the_count_below_the_target():
     assert len(d.counted) == 2 == d.target
 
 
+def test_a_move_waits_while_a_replica_announced_elsewhere_could_be_taken_back():
+    # Found by the simulated rounds: custodian A announced holder 1 (max 2); B took
+    # the announcement over and, site s2 reading, asked for a copy there; then the
+    # target rose, both took holder 1 back, and with B's copy three replicas stood
+    # for a max of two.
+    nodes = grid("s0", "s0", "s2")
+    ds = dataset(nid(1), nid(2), hi=2, leaving=(nid(1),))
+    d = decide(ds, predicted(0.0), {"s2": 7.0}, nodes, Memory(), P, 0.0)
+    assert "add" not in [k for k, _ in kinds(d)]
+    # Once the drop is done, the copy goes.
+    d = decide(dataset(nid(2), hi=2), predicted(0.0), {"s2": 7.0}, nodes, Memory(), P, 60.0)
+    assert kinds(d) == [("add", nid(3))]
+
+
 def test_the_only_replica_of_a_site_that_reads_is_not_the_one_trimmed():
     # Two replicas at a (which reads a lot), one at b (which reads a little, enough to
     # keep it): a's reads per replica are more, but trimming b would leave a site that
