@@ -7,7 +7,9 @@ real ``replication.trends`` and ``replication.policy`` cores) on the same
 jobs.  ``scripts/simulate.py`` is the command line.  Module by module:
 ``engine`` (clock and events), ``model`` (what the grid is made of, the
 network), ``workload`` (scenarios), ``grid`` (jobs, failures, replication
-copies, placement), ``policies``, ``run`` (figures).
+copies, placement), ``policies``, ``run`` (figures); ``bound`` replays a
+workload's reads without simulating, to show what any placement could reach
+(``scripts/placement_bound.py``).
 """
 
 from .engine import Engine, SimError
