@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Simulate a grid under three replica policies and compare them (``replication.sim``).
+"""Simulate a grid under three replica policies, or four job schedulers, and compare
+them (``replication.sim``, ``steering.sim``).
 
     python scripts/simulate.py                          # hot-spot, 200 nodes, 20,000 jobs
     python scripts/simulate.py --json                   # one JSON object on stdout
     python scripts/simulate.py --nodes 1000 --jobs 100000 --seed 7
     python scripts/simulate.py --set locality=0 --policy-set reads_per_replica=2
+    python scripts/simulate.py --scenario bottleneck    # steering under bottlenecks
+    python scripts/simulate.py --scenario bottleneck --set link_drops=3 \
+        --policy-set congested_share=0.5
 
 One run builds the scenario's workload once (the grid, the jobs, the node
 deaths, all from ``--seed``) and plays it under ``static``, ``cache-on-access``
@@ -15,12 +19,24 @@ field of the scenario (``replication.sim.Scenario``), ``--policy-set
 NAME=VALUE`` one of the trend policy's parameters (``PolicyParams`` or
 ``TrendParams``, or ``interval``).
 
+``--scenario bottleneck`` (``steering.sim``) builds one workload of bulk
+tasks and one schedule of bottlenecks (a site's link at a tenth, a slow
+storage node, a site failing every job for an hour) and plays it under the
+job schedulers ``round-robin`` (push), ``random`` and ``least-loaded`` (pull)
+and ``gridnode`` (pull with the real classifier and brokerage cores), with an
+oracle lower bound on the makespan; ``--set`` then also takes the fields of
+``steering.sim.BottleneckScenario`` and ``--policy-set`` those of
+``steering.brokerage.BrokerParams`` and ``steering.HealthParams``.  The model:
+``docs/simulator.md``.
+
 The same seed and arguments give the same figures (only the ``wall_s`` and
 ``wall_seconds`` timings differ).  Targets (PASS/FAIL; the exit code is 0
 either way): the trend policy cuts the mean stage-in wait by at least 50%
 against static, moves at most half the bytes between sites that
-cache-on-access moves, and loses no dataset.  Progress goes to stderr; with
---json stdout holds exactly one JSON object.  Exit 2 for bad arguments.
+cache-on-access moves, and loses no dataset; under bottlenecks, gridnode's
+throughput is at least 1.6x round-robin's and its makespan within 1.15x of
+the oracle.  Progress goes to stderr; with --json stdout holds exactly one
+JSON object.  Exit 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -46,6 +62,9 @@ from replication.sim import (
     run_one,
     summary,
 )
+from steering import HealthError, HealthParams
+from steering.brokerage import BrokerError, BrokerParams
+from steering.sim import SCHEDULERS, bottleneck, build_world, run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # benchlib, when loaded by path
@@ -53,6 +72,8 @@ from benchlib import emit, log, peak_rss_mb  # noqa: E402
 
 TARGET_WAIT_CUT = 0.5
 TARGET_BYTES_RATIO = 0.5
+TARGET_THROUGHPUT_RATIO = 1.6
+TARGET_ORACLE_RATIO = 1.15
 TB = 10**12
 
 
@@ -219,33 +240,165 @@ def human(report: dict[str, Any], out: Callable[[str], None]) -> None:
             f"({t['limit']})")
 
 
+# -- the bottleneck scenario (steering.sim) ---------------------------------------------
+
+
+def make_bottleneck(args: argparse.Namespace) -> Any:
+    sc = bottleneck(seed=args.seed, nodes=args.nodes, jobs=args.jobs)
+    own = {f.name: getattr(sc, f.name) for f in dataclasses.fields(sc) if f.name != "base"}
+    base = {f.name: getattr(sc.base, f.name) for f in dataclasses.fields(sc.base)}
+    mine: dict[str, Any] = {}
+    theirs: dict[str, Any] = {}
+    for name, text in _pairs(args.set, "--set").items():
+        if name in own:
+            mine[name] = _convert(text, own[name], name)
+        elif name in base and name not in ("name", "seed", "nodes", "jobs"):
+            theirs[name] = _convert(text, base[name], name)
+        else:
+            raise ArgError(f"--set: no scenario field {name!r} (seed, nodes and jobs have "
+                           f"their own options)")
+    sc = dataclasses.replace(sc, base=dataclasses.replace(sc.base, **theirs), **mine)
+    sc.check()
+    return sc
+
+
+def make_steering(args: argparse.Namespace) -> tuple[BrokerParams, HealthParams]:
+    bp_fields = {f.name: getattr(BrokerParams(), f.name) for f in dataclasses.fields(BrokerParams)}
+    hp_fields = {f.name: getattr(HealthParams(), f.name) for f in dataclasses.fields(HealthParams)}
+    bp: dict[str, Any] = {}
+    hp: dict[str, Any] = {}
+    for name, text in _pairs(args.policy_set, "--policy-set").items():
+        if name in bp_fields:
+            bp[name] = _convert(text, bp_fields[name], name)
+        elif name in hp_fields:
+            hp[name] = _convert(text, hp_fields[name], name)
+        else:
+            raise ArgError(f"--policy-set: no steering parameter {name!r}")
+    return BrokerParams(**bp), HealthParams(**hp)
+
+
+def run_bottleneck(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    sc = make_bottleneck(args)
+    broker, health = make_steering(args)
+    log(f"building the bottleneck workload: {sc.nodes} nodes, {sc.jobs} jobs, seed {sc.seed}")
+    world = build_world(sc)
+    w = world.workload
+    log(f"  {len(w.sites)} sites, {len(w.datasets)} datasets, {world.tasks} tasks, "
+        f"{world.work / 3600:.0f} core-hours ({world.span / 3600:.1f} h on every core), "
+        f"{len(world.bottlenecks)} bottlenecks")
+    out = run_all(world, args.policies, broker, health, progress=log)
+    settings = {k: v for k, v in sorted(dataclasses.asdict(sc.base).items())
+                if k not in ("name", "seed", "nodes", "jobs")}
+    settings.update({f.name: getattr(sc, f.name) for f in dataclasses.fields(sc)
+                     if f.name != "base"})
+    report: dict[str, Any] = {
+        "scenario": "bottleneck",
+        "seed": sc.seed,
+        "nodes": sc.nodes,
+        "jobs": sc.jobs,
+        "settings": settings,
+        "policy_settings": _pairs(args.policy_set, "--policy-set"),
+        "workload": {
+            "sites": len(w.sites),
+            "datasets": len(w.datasets),
+            "tasks": world.tasks,
+            "work_core_hours": round(world.work / 3600, 1),
+            "submission_hours": round(w.duration / 3600, 2),
+            "bottlenecks": [{"kind": b.kind, "start_h": round(b.start / 3600, 2),
+                             "end_h": round(b.end / 3600, 2),
+                             "site": w.sites[b.site].name, "node": b.node,
+                             "factor": b.factor} for b in world.bottlenecks],
+        },
+        **out,
+    }
+    tr, mr = out["throughput_ratio_vs_round_robin"], out["makespan_ratio_vs_oracle"]
+    report["targets"] = {
+        "throughput_ratio_vs_round_robin": {
+            "limit": f">= {TARGET_THROUGHPUT_RATIO}", "value": tr,
+            "pass": tr is not None and tr >= TARGET_THROUGHPUT_RATIO},
+        "makespan_ratio_vs_oracle": {
+            "limit": f"<= {TARGET_ORACLE_RATIO}", "value": mr,
+            "pass": mr is not None and mr <= TARGET_ORACLE_RATIO},
+    }
+    report["peak_rss_mb"] = peak_rss_mb()
+    report["wall_seconds"] = round(time.perf_counter() - started, 2)
+    report["notes"] = ("throughput = jobs finished per hour of makespan; job wait = from "
+                       "submission to the start of the compute that finished the job; "
+                       "stage-in per completed stage-in; core_hours split the cores' time "
+                       "(idle_jobs_waiting: free cores while jobs wait; idle_arrivals, "
+                       "idle_tail: no job waits, before and after the last submission); the "
+                       "oracle is a lower bound on the makespan; wall_s and wall_seconds are "
+                       "real seconds, the rest is simulated")
+    return report
+
+
+def human_bottleneck(report: dict[str, Any], out: Callable[[str], None]) -> None:
+    w = report["workload"]
+    out(f"grid simulation: bottleneck, seed {report['seed']}, {report['nodes']} nodes at "
+        f"{w['sites']} sites, {report['jobs']} jobs in {w['tasks']} tasks "
+        f"({w['work_core_hours']:.0f} core-hours), {w['datasets']} datasets")
+    for b in w["bottlenecks"]:
+        where = b["site"] + (f" node {b['node']}" if b["node"] is not None else "")
+        extra = f" to {b['factor']:g}" if b["kind"] != "failing" else ""
+        out(f"  {b['kind']:8} {where}{extra}, {b['start_h']:.2f}-{b['end_h']:.2f} h")
+    out(f"{'policy':14}{'jobs/h':>9}{'makespan h':>12}{'wait h':>8}{'stage s':>9}"
+        f"{'failed att':>11}{'jobs lost':>10}{'idle/wait ch':>13}{'wall s':>8}")
+    for name, f in report["policies"].items():
+        out(f"{name:14}{f['throughput_jobs_per_h']:>9.1f}{f['makespan_s'] / 3600:>12.2f}"
+            f"{f['mean_job_wait_s'] / 3600:>8.2f}{f['mean_stage_in_s']:>9.1f}"
+            f"{f['failed_attempts']:>11}{f['jobs_failed']:>10}"
+            f"{f['core_hours']['idle_jobs_waiting']:>13}{f['wall_s']:>8.1f}")
+    o = report["oracle"]
+    out(f"{'oracle':14}{o['throughput_jobs_per_h']:>9.1f}{o['makespan_s'] / 3600:>12.2f}")
+    g = report["policies"].get("gridnode")
+    if g:
+        out(f"gridnode: {g['released']} released, {g['probes']} probes "
+            f"({g['probes_failed']} failed), node-hours by state {g['node_hours_by_state']}")
+    out(f"note: {report['notes']}")
+    out(f"wall time: {report['wall_seconds']:.1f} s, peak RSS {report['peak_rss_mb']} MB, "
+        f"{os.cpu_count()} CPUs")
+    out("targets:")
+    for name, t in report["targets"].items():
+        out(f"  {'PASS' if t['pass'] else 'FAIL'}  {name} = {_fmt(t['value'], '')} "
+            f"({t['limit']})")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = Parser(prog="simulate.py", description=__doc__.splitlines()[0])
-    ap.add_argument("--scenario", default="hot-spot", choices=sorted(SCENARIOS))
+    ap.add_argument("--scenario", default="hot-spot", choices=sorted([*SCENARIOS, "bottleneck"]))
     ap.add_argument("--seed", type=int, default=1, help="random seed (1)")
     ap.add_argument("--nodes", type=int, default=200, help="nodes in the grid (200)")
     ap.add_argument("--jobs", type=int, default=20_000, help="jobs to run (20000)")
-    ap.add_argument("--policies", default=",".join(POLICIES),
-                    help=f"comma-separated, of {', '.join(POLICIES)} (all)")
+    ap.add_argument("--policies", default=None,
+                    help=f"comma-separated, of {', '.join(POLICIES)} (all); for the "
+                         f"bottleneck scenario of {', '.join(SCHEDULERS)} (all)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="change a scenario field (repeatable)")
     ap.add_argument("--policy-set", action="append", default=[], metavar="NAME=VALUE",
-                    help="change a trend policy parameter (repeatable)")
+                    help="change a trend policy (or steering) parameter (repeatable)")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = ap.parse_args(argv)
     if not 2 <= args.nodes <= 100_000:
         ap.error("--nodes must be 2-100000")
     if not 1 <= args.jobs <= 10_000_000:
         ap.error("--jobs must be 1-10000000")
+    known = SCHEDULERS if args.scenario == "bottleneck" else tuple(POLICIES)
+    if args.policies is None:
+        args.policies = ",".join(known)
     args.policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    unknown = [p for p in args.policies if p not in POLICIES]
+    unknown = [p for p in args.policies if p not in known]
     if unknown or not args.policies or len(set(args.policies)) != len(args.policies):
-        ap.error(f"--policies must name some of {', '.join(POLICIES)}, each once")
+        ap.error(f"--policies must name some of {', '.join(known)}, each once")
     try:
-        report = run(args)
-    except (ArgError, ScenarioError, TrendError, PolicyError) as exc:
+        if args.scenario == "bottleneck":
+            report = run_bottleneck(args)
+        else:
+            report = run(args)
+    except (ArgError, ScenarioError, TrendError, PolicyError, BrokerError,
+            HealthError) as exc:
         ap.error(str(exc))
-    emit(report, args.json, human)
+    emit(report, args.json, human_bottleneck if args.scenario == "bottleneck" else human)
     return 0
 
 

@@ -1,9 +1,19 @@
-"""Jobs: model, replicated queue, leases, matching, the bottleneck classifier
-(steering actions and brokerage next).
+"""Jobs: model, replicated queue, leases, matching, the bottleneck classifier and
+the brokerage core (claims, matches, releases, sources under bottlenecks).
 
 The node uses only the names exported here.
 """
 
+from .brokerage import (
+    BrokerError,
+    BrokerParams,
+    NodeView,
+    claim,
+    match,
+    pick_source,
+    should_release,
+    stage_estimate,
+)
 from .health import Classifier, HealthError, HealthParams
 from .homeset import DEFAULT_R, Slot, home_set
 from .job import JobSpec, SignedJob, SpecError, parse_job_id
@@ -15,6 +25,14 @@ from .record import FINAL, MAX_OUTPUTS, STATES, Failure, JobRecord
 from .worker import Worker
 
 __all__ = [
+    "BrokerError",
+    "BrokerParams",
+    "NodeView",
+    "claim",
+    "match",
+    "pick_source",
+    "should_release",
+    "stage_estimate",
     "Classifier",
     "HealthError",
     "HealthParams",

@@ -49,6 +49,7 @@ class Job:
     stage_start: float = 0.0
     event: Event | None = None
     attempts: int = 0
+    transfer: Transfer | None = None   # its last stage-in, to stop it on ``requeue``
 
 
 class Placement(Protocol):
@@ -223,9 +224,9 @@ class Grid:
             self._end(job, failed=True)
             return
         self.count_stage_in(source.node, node)
-        self.network.start(source.node, node, job.spec.input, "stage-in",
-                           lambda tr: self.ready(job),
-                           lambda tr: self.stage_aborted(job, tr), source)
+        job.transfer = self.network.start(source.node, node, job.spec.input, "stage-in",
+                                          lambda tr: self.ready(job),
+                                          lambda tr: self.stage_aborted(job, tr), source)
 
     def count_stage_in(self, src: Node, dst: Node) -> None:
         if src.site is dst.site:
@@ -261,6 +262,30 @@ class Grid:
             self.engine.stop()
         else:
             self.dispatch()
+
+    def requeue(self, job: Job, front: bool = True) -> None:
+        """End the job's attempt without a result (released, or failed where it ran): its
+        stage-in (``job.transfer``) or its compute stops, its core frees, and it waits in
+        the queue again, at the head (``front``) or the tail.  A hook for the layers
+        that extend the simulator; the base grid never calls it."""
+        node = job.node
+        if node is None:
+            raise SimError(f"job {job.spec.index} is not running: nothing to requeue")
+        del node.jobs[job.spec.index]
+        job.node = None                 # before the abort: its stage-in does not restart
+        Engine.cancel(job.event)
+        job.event = None
+        tr, job.transfer = job.transfer, None
+        if tr is not None and tr in tr.dst.transfers:
+            self.network.abort(tr)
+        node.free_cores += 1
+        node.site.free_cores += 1
+        self.free_cores += 1
+        if front:
+            self.queue.appendleft(job)
+        else:
+            self.queue.append(job)
+        self.dispatch()
 
     # -- sources and targets --------------------------------------------------------------
 

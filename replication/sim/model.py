@@ -205,6 +205,15 @@ class Network:
         rate = min(link.capacity / (len(link.active) + 1) for link in links)
         return min(rate, self.wan_flow) if src.site is not dst.site else rate
 
+    def set_capacity(self, link: Link, capacity: float) -> None:
+        """Change what ``link`` carries from now on (a link degraded or mended): the
+        transfers on it go on at their new shares."""
+        if not capacity > 0:
+            raise SimError(f"link capacity {capacity} must be positive")
+        link.capacity = capacity
+        if link.active:
+            self._reshare((link,))
+
     def abort(self, tr: Transfer) -> None:
         """Stop ``tr`` now (an end died); its ``on_abort`` runs."""
         self._settle(tr, self.engine.now)
