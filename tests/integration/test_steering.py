@@ -73,7 +73,8 @@ async def test_a_failing_node_gets_no_jobs_until_its_probes_pass(short_tmp):
             jobs.unlink()
             jobs.mkdir(mode=0o700)
             with trio.fail_after(30):
-                while await health_of(c, g.ids[bad]) != "ok":  # noqa: ASYNC110
+                # ok, or congested if this machine is loaded: either claims jobs again
+                while await health_of(c, g.ids[bad]) == "failing":  # noqa: ASYNC110
                     await trio.sleep(0.3)
             ids = await c.submit([spec("sh", "-c", "sleep 0.5") for _ in range(30)])
             await finish(c, ids)
@@ -83,7 +84,7 @@ async def test_a_failing_node_gets_no_jobs_until_its_probes_pass(short_tmp):
         assert status["monitor"]["probes_passed"] >= 3 and status["monitor"]["probes_failed"] >= 0
         logs = (g.dir(bad) / "node.log").read_text()
         assert "event=health.changed state=failing" in logs
-        assert "event=health.changed state=ok was=failing" in logs
+        assert "was=failing" in logs and "probes in a row passed" in logs
     finally:
         g.stop()
         print(g.logs(full=True))
