@@ -37,9 +37,10 @@ rules, each a function:
     releasing transfers near their end would burn the link on transfers that
     never finish.
 (d) **Source** (``pick_source``): the replica on the node itself; else
-    sources whose node is ``ok`` before ``congested`` ones before
-    ``failing`` ones; within a class one at the reader's site, then the best
-    rate, then the fewest readers.
+    sources whose node is not ``congested`` before congested ones; within a
+    class one at the reader's site, then the best rate, then the fewest
+    readers.  ``failing`` says the jobs a node runs fail, not that the bytes
+    it serves are slow: a black-hole site's disks are idle and fast.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ __all__ = [
     "BrokerError",
     "BrokerParams",
     "STATE_RANK",
+    "source_rank",
     "Claim",
     "Match",
     "NodeView",
@@ -68,6 +70,11 @@ __all__ = [
 ]
 
 STATE_RANK = {"ok": 0, "congested": 1, "failing": 2}
+
+
+def source_rank(state: str) -> int:
+    """(d) The class of a source by its node's state: 1 congested, 0 otherwise."""
+    return 1 if state == "congested" else 0
 
 
 class BrokerError(ValueError):
@@ -152,7 +159,7 @@ def stage_estimate(nominal_s: float, worker: NodeView, source: NodeView | None,
         return 0.0
     t = nominal_s
     for v in (worker, source):
-        if v.state != "ok":
+        if v.state == "congested":
             t = max(t, v.prediction * p.stage_bound)
     return t
 
@@ -244,7 +251,7 @@ def pick_source(sources: Sequence[Source]) -> int | None:
     for i, s in enumerate(sources):
         if s.on_node:
             return i
-        key = (STATE_RANK[s.state], not s.same_site, -s.rate, s.readers, i)
+        key = (source_rank(s.state), not s.same_site, -s.rate, s.readers, i)
         if best is None or key < best_key:
             best, best_key = i, key
     return best

@@ -373,7 +373,7 @@ class Steering(Scheduler):
         best_node: Node | None = None
         for r in self.grid.datasets[job.spec.dataset].replicas.values():
             if r.complete and r.node is not node:
-                key = (bk.STATE_RANK[self.published[r.node.index].state], r.node.index)
+                key = (bk.source_rank(self.published[r.node.index].state), r.node.index)
                 if best is None or key < best:
                     best, best_node = key, r.node
         if best_node is None:
@@ -474,7 +474,7 @@ class Steering(Scheduler):
         best_node: Node | None = None
         for r in ds.replicas.values():
             if r.complete:
-                k = (bk.STATE_RANK[self.published[r.node.index].state], r.node.site is not site,
+                k = (bk.source_rank(self.published[r.node.index].state), r.node.site is not site,
                      r.node.index)
                 if best is None or k < best:
                     best, best_node = k, r.node

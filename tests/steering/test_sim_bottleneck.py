@@ -143,7 +143,9 @@ def test_gridnode_reads_from_a_healthy_source_before_a_congested_one():
     steer.published[0] = NodeView("congested", 1.5, 0.0, 0, 2)
     assert steer.source(job, ds, reader).node.index == 1
     steer.published[1] = NodeView("failing", 0.0, 0.0, 0, 2)
-    assert steer.source(job, ds, reader).node.index == 0     # congested beats failing
+    assert steer.source(job, ds, reader).node.index == 1     # failing jobs, not disks
+    steer.published[1] = NodeView("congested", 1.5, 0.0, 0, 2)
+    assert steer.source(job, ds, reader).node.index == 0     # both congested: the LAN
 
 
 # -- whole runs: every job ends, the books balance, a seed gives one run ---------------------
@@ -203,7 +205,7 @@ def simulate(*argv: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120, cwd=ROOT)
 
 
-FIGURES = ("throughput_jobs_per_h", "makespan_s", "mean_job_wait_s", "mean_stage_in_s",
+FIGURES = ("throughput_jobs_per_h", "makespan_s", "t90_s", "mean_job_wait_s", "mean_stage_in_s",
            "failed_attempts", "jobs_finished", "jobs_failed", "core_hours", "wall_s")
 
 
