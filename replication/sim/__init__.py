@@ -17,9 +17,18 @@ from .grid import Grid, Job, LeastLoaded, Placement, Replicator, Stats
 from .model import CACHE, GB, ORIGIN, POLICY, Dataset, Gbps, Network, Node, Replica, Site
 from .policies import POLICIES, CacheOnAccess, Policy, Static, Trend
 from .run import percentile, run_one, run_policies, summary
-from .workload import SCENARIOS, Scenario, ScenarioError, Workload, build, hot_spot
+from .workload import (
+    SCENARIOS,
+    Scenario,
+    ScenarioError,
+    Workload,
+    build,
+    hot_spot,
+    weighted_sample,
+)
 
 __all__ = [
+    "weighted_sample",
     "CACHE", "GB", "ORIGIN", "POLICIES", "POLICY", "SCENARIOS",
     "CacheOnAccess", "Dataset", "Engine", "Gbps", "Grid", "Job", "LeastLoaded", "Network",
     "Node", "Placement", "Policy", "Replica", "Replicator", "Scenario", "ScenarioError",
