@@ -104,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("job", nargs="?", help="a job id: show that job instead")
     sub.add_parser("peers", parents=[common, as_json, reach],
                    help="list the grid nodes a node knows")
+    sub.add_parser("health", parents=[common, as_json, reach],
+                   help="every known node's state (ok, congested, failing) and why")
     q = sub.add_parser("ping", parents=[common, as_json, reach],
                        help="round trip to a node, or through it to NODE_ID")
     q.add_argument("node_id", nargs="?", help="40 hex digits: ping this node through --via")
@@ -291,6 +293,24 @@ def cmd_peers(args: argparse.Namespace) -> int:
     rows += [f"{p['id']:<40}  {p['site']:<16}  {','.join(p['addresses']):<22}  "
              f"{','.join(p['roles']):<28}  {_age(p['last_seen'])}" for p in peers]
     print_result(peers, args.json, "\n".join(rows))
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    if args.via is not None:
+        health = remote(args, lambda c: c.health())
+    else:
+        health = admin_call(_datadir(args).admin_socket, "health")
+    rows = [f"{'ID':<12}  {'SITE':<16}  {'STATE':<9}  {'PRESSURE':>8}  {'FAILED':>6}  "
+            f"{'FREE SLOTS':>10}  LAST SEEN"]
+    for n in health["nodes"]:
+        rows.append(f"{n['id'][:12]:<12}  {n['site']:<16}  {n['state']:<9}  "
+                    f"{n.get('pressure', 0.0):>8.2f}  {n.get('failure_rate', 0.0):>6.0%}  "
+                    f"{n.get('slots_free', '-')!s:>10}  "
+                    f"{'this node' if n['self'] else _age(n['last_seen'])}")
+        if n.get("evidence") and n["state"] != "ok":
+            rows.append(f"    {n['evidence']['reason']}")
+    print_result(health, args.json, "\n".join(rows))
     return 0
 
 
@@ -527,6 +547,7 @@ COMMANDS = {
     ("run",): cmd_run,
     ("status",): cmd_status,
     ("peers",): cmd_peers,
+    ("health",): cmd_health,
     ("ping",): cmd_ping,
     ("whoami",): cmd_whoami,
     ("submit",): cmd_submit,

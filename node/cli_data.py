@@ -146,7 +146,7 @@ def explain_lines(info: dict[str, Any]) -> list[str]:
              + " ".join(f"{x:g}" for x in t["series"]),
              f"  level {t['level']:.2f}  slope {t['slope']:+.2f}  "
              f"prediction {t['prediction']:.2f} reads/bucket",
-             "  demand by site: " + (", ".join(f"{s} {w:.1f}" for s, w in sorted(
+             "  reads in the window by site: " + (", ".join(f"{s} {w:g}" for s, w in sorted(
                  info["by_site"].items(), key=lambda x: -x[1])) or "none"),
              f"  target {info['target']}: {info['reason']}",
              f"  holders ({len(info['holders'])}):"]

@@ -155,6 +155,10 @@ class Client(DataClient):
     async def peers(self) -> list[dict[str, Any]]:
         return list(await self.call("peers"))
 
+    async def health(self) -> dict[str, Any]:
+        """Every node's state (ok, congested, failing) with its evidence."""
+        return dict(await self.call("health"))
+
     # -- jobs ----------------------------------------------------------------
 
     def sign(self, spec: JobSpec) -> SignedJob:

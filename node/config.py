@@ -115,12 +115,16 @@ class ReplicationSection:
     alpha: float = 0.5
     beta: float = 0.3
     horizon: int = 2
-    # Predicted reads per bucket one replica serves.
+    # Predicted reads per bucket (all sites) one replica serves.
     reads_per_replica: float = 4.0
+    # Reads within the window from a site without a replica that earn it one, and
+    # that keep a site's replica wanted (below the first: no flapping).
+    site_add_reads: float = 2.0
+    site_keep_reads: float = 1.0
     # Seconds above the target before a replica is trimmed.
-    cooldown: float = 1800.0
+    cooldown: float = 43200.0
     # Seconds a holder may stay unseen and still count.
-    grace: float = 600.0
+    grace: float = 120.0
     # Seconds a requested copy counts before it is asked again.
     add_timeout: float = 1800.0
     # New replicas per decision; nodes at this load (0-1) get none; free disk kept.
@@ -134,12 +138,15 @@ class ReplicationSection:
     rate_mb_s: float = 100.0
 
     def trend_params(self) -> TrendParams:
-        return TrendParams(self.bucket_seconds, self.window, self.alpha, self.beta,
-                           self.horizon)
+        return TrendParams(bucket_seconds=self.bucket_seconds, window=self.window,
+                           alpha=self.alpha, beta=self.beta, horizon=self.horizon)
 
     def policy_params(self) -> PolicyParams:
-        return PolicyParams(self.reads_per_replica, self.cooldown, self.grace,
-                            self.add_timeout, self.max_adds, self.max_load, self.headroom)
+        return PolicyParams(
+            reads_per_replica=self.reads_per_replica, site_add_reads=self.site_add_reads,
+            site_keep_reads=self.site_keep_reads, cooldown=self.cooldown, grace=self.grace,
+            add_timeout=self.add_timeout, max_adds=self.max_adds, max_load=self.max_load,
+            headroom=self.headroom)
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,8 @@ class MonitorSection:
     # HOST:PORT of /metrics (Prometheus); "auto": loopback, the listen port + 1000
     # (a random port when that is 0); "" turns it off.
     metrics_listen: str = "auto"
+    # Seconds between probe jobs while this node is failing (it claims no jobs).
+    probe_interval: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -288,8 +297,8 @@ def validate(cfg: Config) -> Config:
                           f"holder would count as lost between two announcements")
     mon = cfg.monitor
     if not (mon.interval > 0 and 2 <= mon.window <= 100_000 and mon.history_every >= 1
-            and mon.history_days > 0):
-        raise ConfigError("monitor.interval and history_days must be positive, "
+            and mon.history_days > 0 and mon.probe_interval > 0):
+        raise ConfigError("monitor.interval, history_days and probe_interval must be positive, "
                           "monitor.window 2-100000 and history_every at least 1")
     if mon.metrics_listen not in ("", "auto"):
         parse_hostport(mon.metrics_listen, "monitor.metrics_listen")

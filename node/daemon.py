@@ -40,6 +40,7 @@ from overlay import (
     KeyPair,
     NodeRecord,
     RevocationList,
+    RpcError,
     RpcPool,
     RpcServer,
     SignedRecord,
@@ -101,6 +102,8 @@ class Node:
         self.bound: tuple[str, int] | None = None
         # node id -> (site, capacity) from node records (and our own config).
         self.capacities: dict[bytes, tuple[str, dict[str, int]]] = {}
+        # node id -> the health summary of its newest record (node.monitor).
+        self.health: dict[bytes, dict[str, Any]] = {}
         if "compute" in self.roles:
             self.capacities[key.id] = (cert.name, self._capacity())
         self.executor = Executor(sandbox_root(datadir.root), cores=cfg.capacity.cores,
@@ -121,6 +124,8 @@ class Node:
                              heartbeat_interval=cfg.queue.lease_duration / 4)
         table = {**methods(self), **self.job_service.methods(), **job_methods(self),
                  **self.data.methods()}
+        self.worker.claim_limit = self.monitor.claim_limit
+        self.runner.on_outcome = self.monitor.outcome
         if "queue" in self.roles:
             table.update(queue_methods(self.queue))
             self.worker.local = self._call_local
@@ -139,7 +144,8 @@ class Node:
         self.rounds = 0
         self._peers_changed = trio.Event()
         self._round_done = trio.Event()
-        self.admin_ops = {"status": self._op_status, "peers": self._op_peers}
+        self.admin_ops = {"status": self._op_status, "peers": self._op_peers,
+                          "health": self._op_health}
 
     async def _call_local(self, method: str, args: Any) -> Any:
         """One of this node's RPC methods, called by the node itself (no network, the
@@ -228,7 +234,10 @@ class Node:
                 await self._bootstrap()
             for step in (self.dht.refresh, self._sync_revocations, self._discover):
                 await self._guarded(step)
-            # A record no peer took (we were alone) is retried next round.
+            # A record no peer took (we were alone) is retried next round; a change of
+            # this node's health is published at once.
+            if self.monitor.changed:
+                self.monitor.changed, next_publish = False, 0.0
             if time.monotonic() >= next_publish and await self._guarded(self._publish):
                 next_publish = time.monotonic() + self.cfg.record_refresh
             self._round_done.set()
@@ -284,7 +293,7 @@ class Node:
         self.record_seq = max(self.record_seq + 1, int(now * 1000))
         record = NodeRecord.create(
             self.key, self.cert, addresses=self.addresses, roles=self.roles,
-            capacity=self._capacity(),
+            capacity=self._capacity(), health=self.monitor.summary(),
             seq=self.record_seq, expires=int(now) + self.cfg.record_ttl)
         assert record.signed is not None
         stored = await self.dht.put(record.signed)
@@ -348,6 +357,7 @@ class Node:
             if seen is not None and rec.seq <= seen[0]:
                 return  # the same record again, or an older one: no rollback
             self._record_seen[rec.node_id] = (rec.seq, rec.expires)
+            self.health[rec.node_id] = rec.health
             if "compute" in rec.roles:
                 self.capacities[rec.node_id] = (rec.site, dict(rec.capacity))
             else:
@@ -458,6 +468,38 @@ class Node:
             "version": VERSION,
             "pid": os.getpid(),
         }
+
+    def own_health(self) -> dict[str, Any]:
+        return {"id": self.key.id.hex(), "site": self.cert.name, **self.monitor.summary(),
+                "evidence": self.monitor.health.evidence(), "last_seen": time.time()}
+
+    async def _op_health(self) -> dict[str, Any]:
+        """Every known node's state with its evidence: asked of each node now, or, from
+        one that does not answer within 3 s, the summary in its newest record."""
+        nodes = [{**self.own_health(), "self": True, "source": "this node"}]
+        limiter = trio.CapacityLimiter(FETCH_CONCURRENCY)
+
+        async def ask(p: PeerRow) -> None:
+            entry: dict[str, Any] = {"id": p.node_id.hex(), "site": p.site, "self": False,
+                                     "last_seen": p.last_seen}
+            try:
+                host, port = parse_hostport(p.addresses[0], "address")
+                async with limiter:
+                    live = await self.pool.call(host, port, "health.self", None,
+                                                expect_id=p.node_id, timeout=3.0)
+                entry.update(dict(live), source="asked now")
+            except (RpcError, UserError, IndexError, TypeError, ValueError) as exc:
+                h = self.health.get(p.node_id, {})
+                entry.update(state=h.get("state", "unknown"), **h,
+                             source=f"its record ({exc})"[:200])
+            entry["self"] = False
+            nodes.append(entry)
+
+        async with trio.open_nursery() as nursery:
+            for p in self.peers.values():
+                nursery.start_soon(ask, p)
+        nodes[1:] = sorted(nodes[1:], key=lambda n: (n["site"], n["id"]))
+        return {"nodes": nodes, "links": []}
 
     async def _op_peers(self) -> list[dict[str, Any]]:
         in_table = {c.node_id for c in self.dht.contacts()}

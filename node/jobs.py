@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,11 +106,23 @@ class JobRunner:
         self.disk_mb = disk_mb
         self.data = data
         self.outcomes: Counter[str] = Counter()  # jobs that ended here: ok, failed
+        # Told of each outcome at once (the monitor's classifier): a node that fails
+        # every job stops claiming after a few, not after the next sample.
+        self.on_outcome: Callable[[bool], None] | None = None
 
     async def run(self, rec: JobRecord) -> tuple[bool, Failure | None, list[Any]]:
-        outcome = await self._run(rec)
-        self.outcomes["ok" if outcome[0] else "failed"] += 1
+        try:
+            outcome = await self._run(rec)
+        except Exception:
+            self._count(False)
+            raise
+        self._count(outcome[0])
         return outcome
+
+    def _count(self, ok: bool) -> None:
+        self.outcomes["ok" if ok else "failed"] += 1
+        if self.on_outcome is not None:
+            self.on_outcome(ok)
 
     def capacity(self) -> tuple[int, int, int]:
         return self.executor.cores, self.executor.memory_mb, self.disk_mb

@@ -23,7 +23,7 @@ import os
 import shutil
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -31,6 +31,7 @@ import trio
 from steering import Classifier, HealthParams
 
 from .config import parse_hostport
+from .executor import ExecutorError, RunSpec
 from .logs import log
 
 if TYPE_CHECKING:
@@ -50,21 +51,19 @@ class Monitor:
         self.series: dict[str, deque[tuple[float, float]]] = {
             name: deque(maxlen=self.cfg.window) for name in SAMPLES}
         self.health = Classifier(HealthParams(), time.time())
-        self._ended = (0, 0)
         self._pending: list[dict[str, float]] = []
         self.metrics_url: str | None = None
+        self.changed = False  # the health state changed since the record was published
+        self._seen = (0, 0)  # the runner's outcome counts at the last sample
+        self.counters: Counter[str] = Counter()
 
     def sample(self, now: float) -> dict[str, float]:
         ex = self.node.executor
         free_cores, _ = ex.free()
         load = os.getloadavg()[0] / (os.cpu_count() or 1)
         ok, failed = self.node.runner.outcomes["ok"], self.node.runner.outcomes["failed"]
-        new_ok, new_failed = ok - self._ended[0], failed - self._ended[1]
-        self._ended = (ok, failed)
-        for _ in range(new_ok):
-            self.health.outcome(now, True)
-        for _ in range(new_failed):
-            self.health.outcome(now, False)
+        new_ok, new_failed = ok - self._seen[0], failed - self._seen[1]
+        self._seen = (ok, failed)
         # Pressure on a node: its CPU oversubscribed (a load of 1 per core is busy, not
         # congested: it counts 0.5; 2 per core counts 1), or its disk filling.
         disk = shutil.disk_usage(self.node.datadir.root)
@@ -83,8 +82,12 @@ class Monitor:
             if self.cfg.metrics_listen:  # "" turns /metrics off
                 await nursery.start(self._serve_metrics)
             task_status.started()
+            next_probe = 0.0
             while True:
                 await self.tick(time.time())
+                if self.health.state == "failing" and trio.current_time() >= next_probe:
+                    next_probe = trio.current_time() + self.cfg.probe_interval
+                    nursery.start_soon(self.probe)
                 await trio.sleep(self.cfg.interval)
 
     async def tick(self, now: float) -> None:
@@ -93,6 +96,7 @@ class Monitor:
         for name, v in values.items():
             self.series[name].append((now, v))
         if self.health.state != before:
+            self.changed = True
             log(logger, "health.changed", logging.WARNING if self.health.state != "ok"
                 else logging.INFO, state=self.health.state, was=before,
                 reason=self.health.reason)
@@ -103,12 +107,72 @@ class Monitor:
             self._pending = []
             await self.node.state.add_metrics(rows, now - self.cfg.history_days * 86400)
 
+    def outcome(self, ok: bool) -> None:
+        """A job ended here (the runner calls this at once)."""
+        before = self.health.state
+        self.health.outcome(time.time(), ok)
+        if self.health.state != before:
+            self.changed = True
+            log(logger, "health.changed", logging.WARNING if self.health.state != "ok"
+                else logging.INFO, state=self.health.state, was=before,
+                reason=self.health.reason + ("; it claims no jobs until its probes pass"
+                                             if self.health.state == "failing" else ""))
+
+    def claim_limit(self, free_cores: int) -> int:
+        """Jobs this node claims at most: none while failing (probes let it back),
+        half its free cores while congested, else one per free core (at most 64)."""
+        if self.health.state == "failing":
+            return 0
+        if self.health.state == "congested":
+            return max(1, free_cores // 2) if free_cores >= 1 else 0
+        return min(free_cores, 64)
+
+    async def probe(self) -> None:
+        """A tiny job through the local executor, as a user's job would run; its
+        outcome counts like one (passing probes end ``failing``)."""
+        if not self.node.executor.can_run(1, 16):
+            return  # its slots are busy with jobs that still run: probe next time
+        probe_id = os.urandom(8).hex()
+        self.counters["probes"] += 1
+        try:
+            result = await self.node.executor.run(RunSpec(
+                job_id=probe_id, attempt=1, argv=("sh", "-c", "exit 0"), env={}, cores=1,
+                memory_mb=16, walltime_s=30.0))
+            ok, why = result.error is None, result.diagnosis or "passed"
+        except ExecutorError as exc:
+            ok, why = False, str(exc)
+        finally:
+            await trio.to_thread.run_sync(shutil.rmtree, self.node.executor.root / probe_id,
+                                          True)
+        before = self.health.state
+        self.health.outcome(time.time(), ok)
+        self.counters["probes_passed" if ok else "probes_failed"] += 1
+        log(logger, "health.probe", logging.INFO if ok else logging.WARNING, ok=ok,
+            state=self.health.state, reason=why)
+        if self.health.state != before:
+            self.changed = True
+            log(logger, "health.changed", state=self.health.state, was=before,
+                reason=f"{self.health.p.recover_after} probes in a row passed; "
+                       f"it claims jobs again")
+            self.node.worker.wake()
+
+    def summary(self) -> dict[str, Any]:
+        """What the node record carries of this node's health (overlay HEALTH_KEYS)."""
+        last = self.latest()
+        if not last:
+            return {"state": self.health.state}
+        return {"state": self.health.state, "since": int(self.health.since),
+                "pressure": float(last["pressure"]), "failure_rate": float(last["failure_rate"]),
+                "load": float(last["load"]), "slots_free": int(last["slots_free"]),
+                "disk_free_gb": int(last["disk_free_bytes"] // 1e9)}
+
     def latest(self) -> dict[str, float]:
         return {name: s[-1][1] for name, s in self.series.items() if s}
 
     def statistics(self) -> dict[str, Any]:
         return {**self.latest(), "health": self.health.state,
-                "health_reason": self.health.reason, "metrics_url": self.metrics_url}
+                "health_reason": self.health.reason, "metrics_url": self.metrics_url,
+                **self.counters}
 
     # -- /metrics ------------------------------------------------------------
 

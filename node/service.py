@@ -58,11 +58,19 @@ def methods(node: Node) -> dict[str, Method]:
     async def peers(ctx: CallContext, args: Any) -> list[dict[str, Any]]:
         return await node._op_peers()
 
+    async def health(ctx: CallContext, args: Any) -> dict[str, Any]:
+        return await node._op_health()
+
+    async def own_health(ctx: CallContext, args: Any) -> dict[str, Any]:
+        return node.own_health()
+
     return {
         "ping": Method(ping),
         "whoami": Method(whoami, inline=True),
         "status": Method(status, inline=True),
         "peers": Method(peers, inline=True),
+        "health": Method(health),
+        "health.self": Method(own_health, inline=True),
     }
 
 

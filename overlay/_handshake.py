@@ -87,6 +87,13 @@ class FrameReader:
         (n,) = LENGTH.unpack_from(self._buf)
         return max(1, LENGTH.size + n - len(self._buf))
 
+    def frame_ready(self) -> bool:
+        """Whether a whole frame is buffered (or a length over the cap, to refuse)."""
+        if len(self._buf) < LENGTH.size:
+            return False
+        (n,) = LENGTH.unpack_from(self._buf)
+        return len(self._buf) >= LENGTH.size + n or n > self.max_frame
+
     def next_frame_untrusted(self) -> bytes | None:
         """The next whole frame, None if more bytes are needed, or BadMessage."""
         if len(self._buf) < LENGTH.size:
@@ -97,7 +104,8 @@ class FrameReader:
         end = LENGTH.size + n
         if len(self._buf) < end:
             return None
-        payload = bytes(self._buf[LENGTH.size:end])
+        with memoryview(self._buf) as view:  # one copy, not two (slice, then bytes)
+            payload = bytes(view[LENGTH.size:end])
         del self._buf[:end]
         return payload
 

@@ -3,18 +3,23 @@
 ``open_channel`` connects and handshakes; ``ChannelServer`` accepts, gives
 each handshake a deadline (a slow-loris peer is cut off), refuses and
 counts what fails, and hands each established channel to a handler.  A
-channel sends from one writer task, so messages are encrypted in the order
-they leave, a cancelled sender never leaves half a frame on the wire, and a
-queue of bounded depth makes a slow reader slow the writers down.
+sender encrypts and queues its frame in one synchronous step and writes
+what the socket takes at once; a writer task writes the rest when the
+socket is writable.  So messages are encrypted in the order they leave, a
+cancelled sender never leaves half a frame on the wire, and a queue of
+bounded depth makes a slow reader slow the writers down.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import trio
@@ -22,6 +27,7 @@ import trio
 from ._errors import BadMessage
 from ._handshake import (
     ABYTES,
+    LENGTH,
     MAX_FRAME,
     MAX_HANDSHAKE_FRAME,
     ClientHandshake,
@@ -43,6 +49,16 @@ MAX_MESSAGE_ITEMS = 65536
 MAX_CONNECTIONS = 1024
 READ_SIZE = 256 * 1024
 IDLE_READ_SIZE = 64 * 1024
+# A sender whose frames all go straight to the socket yields to the scheduler
+# once every this many sends (trio's fairness: every task gets to run).
+YIELD_EVERY = 16
+# Frames smaller than this are queued as one buffer (header + ciphertext);
+# larger ones as two, so that writev sends them without a copy.
+COALESCE = 16 * 1024
+WRITEV_BUFFERS = 64
+# While answers to messages read together are held back to go out together,
+# this many queued frames are written anyway.
+HOLD_FRAMES = 32
 
 
 class MessageTooLarge(ValueError):
@@ -72,7 +88,18 @@ class Credentials:
 
 
 class SecureChannel:
-    """An established channel: ``send`` msgpack-able objects, ``receive`` them back."""
+    """An established channel: ``send`` msgpack-able objects, ``receive`` them back.
+
+    Sending: ``send`` packs and encrypts in the caller's task and appends the
+    frame to the send queue at once, so frames are encrypted in the order they
+    are queued, and a message is either queued whole or not at all (a
+    cancelled sender leaves nothing behind).  Then the sender writes what the
+    socket takes without blocking (no hop to another task: a small answer
+    costs one ``writev``); what it does not take the writer task writes once
+    the socket is writable, and whoever writes next starts where the last
+    write stopped, so frames never interleave.  A sender waits while
+    ``SEND_QUEUE`` frames are queued (the peer reads slowly).
+    """
 
     def __init__(self, stream: trio.abc.Stream, session: Session, reader: FrameReader,
                  address: str) -> None:
@@ -82,7 +109,22 @@ class SecureChannel:
         self._session = session
         self._reader = reader
         self._reader.max_frame = session.max_frame + ABYTES
-        self._out, self._out_recv = trio.open_memory_channel[tuple[bytes, bool]](SEND_QUEUE)
+        # Reads use the trio socket itself (SocketStream.receive_some adds only
+        # error translation). Writes go straight to the socket where os.writev
+        # takes its file descriptor (POSIX); elsewhere the writer task sends.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._sock = self._socket if os.name == "posix" else None
+        self._queue: deque[tuple[bytes | memoryview, bool]] = deque()  # (bytes, ends a frame)
+        self._queued = 0  # frames in the queue, the first maybe partly written
+        self._writer_owns = False  # the socket was full: the writer task writes next
+        # Set while frames read together are being answered: their answers are
+        # queued and go out together (one writev) before the next read, or
+        # from the writer task one scheduler round later (see ``receive``).
+        self._hold = False
+        self._room = trio.lowlevel.ParkingLot()  # senders waiting for queue space
+        self._work = trio.lowlevel.ParkingLot()  # the writer task, waiting for frames
+        self._ending = False  # the final frame is queued
+        self._unyielded = 0
         self.closed = False
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -93,20 +135,95 @@ class SecureChannel:
         return self._session.max_frame
 
     async def send(self, message: Any) -> None:
-        """Queue a message; waits while the queue is full (the peer reads slowly).
+        """Encrypt and queue a message, and write it if the socket takes it now.
 
-        A message bigger than the frame cap raises MessageTooLarge here, in the
-        sender's task: the caller splits it or answers with an error."""
+        Waits while the queue is full (the peer reads slowly); cancelled while
+        waiting, nothing was sent.  A message bigger than the frame cap raises
+        MessageTooLarge, a broken connection ChannelClosed."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self.closed:
             raise ChannelClosed("channel is closed")
         data = packb(message)
         if len(data) > self._session.max_frame:
             raise MessageTooLarge(f"a message of {len(data)} bytes exceeds the frame cap of "
                                   f"{self._session.max_frame}")
-        try:
-            await self._out.send((data, False))
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise ChannelClosed("channel is closed") from None
+        if self._queued >= SEND_QUEUE or self._room:
+            self._unyielded = 0
+            while True:  # behind the senders already waiting, then until there is room
+                await self._room.park()
+                if self.closed:
+                    raise ChannelClosed("channel is closed")
+                if self._queued < SEND_QUEUE:
+                    break
+        elif self._unyielded >= YIELD_EVERY:
+            # A sender whose writes all go straight through would never let other
+            # tasks run: a schedule point now and then (before anything is queued).
+            self._unyielded = 0
+            await trio.lowlevel.checkpoint()
+            if self.closed:
+                raise ChannelClosed("channel is closed")
+        else:
+            self._unyielded += 1
+        self._queue_frame(data, final=False)
+
+    def _queue_frame(self, data: bytes, *, final: bool) -> None:
+        """Encrypt, queue and write what the socket takes (synchronous: never half done)."""
+        ciphertext = self._session.encrypt(data, final=final)
+        header = LENGTH.pack(len(ciphertext))
+        if len(ciphertext) < COALESCE:
+            self._queue.append((header + ciphertext, True))
+        else:  # writev sends both; no copy of a large frame
+            self._queue.append((header, False))
+            self._queue.append((ciphertext, True))
+        self._queued += 1
+        if not self._writer_owns and (not self._hold or final or self._queued >= HOLD_FRAMES):
+            self._push()
+
+    def _push(self) -> None:
+        """Write what the socket takes now; leave the rest to the writer task."""
+        if self._sock is not None:
+            try:
+                self._flush()
+            except OSError as exc:
+                self._broken(exc)
+                raise ChannelClosed(f"connection broke while sending: {exc}") from None
+        if self._queue:
+            self._writer_owns = True
+            self._work.unpark()
+
+    def _flush(self) -> None:
+        """Write as much of the queue as the socket takes without blocking."""
+        assert self._sock is not None
+        fd = self._sock.fileno()
+        if fd < 0:
+            raise OSError("socket was closed")
+        queue = self._queue
+        while queue:
+            buffers = [b for b, _ in islice(queue, WRITEV_BUFFERS)]
+            try:
+                n = os.writev(fd, buffers)
+            except (BlockingIOError, InterruptedError):
+                return
+            self.bytes_sent += n
+            while n:
+                buf, ends = queue[0]
+                if n < len(buf):
+                    queue[0] = (memoryview(buf)[n:], ends)
+                    break
+                n -= len(buf)
+                queue.popleft()
+                if ends:
+                    self._queued -= 1
+        if self._room and self._queued < SEND_QUEUE:
+            self._room.unpark(count=SEND_QUEUE - self._queued)
+
+    def _broken(self, exc: BaseException) -> None:
+        logger.debug("channel to %s broke while sending: %r", self.address, exc)
+        self.closed = True
+        self._queue.clear()
+        self._queued = 0
+        self._room.unpark_all()
+        self._work.unpark_all()
 
     async def receive(self) -> Any:
         """The next message; ChannelClosed at the end, BadMessage for bad bytes."""
@@ -116,13 +233,24 @@ class SecureChannel:
                 plaintext = self._session.decrypt_untrusted(data)
                 if self._session.finished:
                     raise ChannelClosed("peer closed the channel", clean=True)
+                if not self._hold and self._reader.frame_ready():
+                    # Several messages came in one read (calls in flight together):
+                    # what is sent in answer waits to go out in one write.
+                    self._hold = True
+                    self._work.unpark()
                 return unpackb_untrusted(plaintext, max_size=self._session.max_frame,
                                          max_items=MAX_MESSAGE_ITEMS)
+            if self._hold and self._queue and not self._writer_owns:
+                self._push()  # the answers to what was read go out before we wait
             # Small reads while idle (a large buffer costs an allocation per read),
             # large ones while a previous read came back full (bulk data flowing).
             size = READ_SIZE if self._streaming else IDLE_READ_SIZE
             try:
-                chunk = await self._stream.receive_some(max(size, self._reader.wanted()))
+                chunk: bytes | bytearray
+                if self._socket is not None:
+                    chunk = await self._socket.recv(max(size, self._reader.wanted()))
+                else:
+                    chunk = await self._stream.receive_some(max(size, self._reader.wanted()))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise ChannelClosed(f"connection broke: {exc}") from None
             if not chunk:
@@ -136,37 +264,54 @@ class SecureChannel:
             self._reader.feed(chunk)
 
     async def _write(self) -> None:
+        """Write what senders could not: wait until the socket is writable, then
+        flush; and end a hold one scheduler round after it began."""
         try:
-            async for message, final in self._out_recv:  # packed bytes
-                batch = [frame(self._session.encrypt(message, final=final))]
-                while not final and sum(map(len, batch)) < READ_SIZE:
-                    try:
-                        message, final = self._out_recv.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-                    batch.append(frame(self._session.encrypt(message, final=final)))
-                data = b"".join(batch)
-                await self._stream.send_all(data)
-                self.bytes_sent += len(data)
-                if final:
-                    return
+            while True:
+                if self._hold:
+                    # The tasks woken with us (callers answered by the same read)
+                    # queue their frames in this round; they go out in the next.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    self._hold = False
+                    if self._queue and not self._writer_owns:
+                        self._push()
+                    continue
+                if not self._queue:
+                    self._writer_owns = False
+                    if self._ending or self.closed:
+                        return
+                    await self._work.park()
+                    continue
+                if self._sock is not None:
+                    await trio.lowlevel.wait_writable(self._sock)
+                    self._flush()
+                else:
+                    data = b"".join(b for b, _ in self._queue)
+                    self._queue.clear()
+                    self._queued = 0
+                    self._room.unpark_all()
+                    await self._stream.send_all(data)
+                    self.bytes_sent += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            logger.debug("channel to %s broke while sending: %r", self.address, exc)
+            self._broken(exc)
+        except ChannelClosed:
+            pass  # _push found the connection broken
         finally:
             self.closed = True
-            self._out_recv.close()
+            self._room.unpark_all()
 
     async def aclose(self) -> None:
-        """End the stream cleanly (a final frame), then close the socket."""
+        """End the stream cleanly: queue the final frame (beyond the queue's cap, at
+        once, even when cancelled) and let the writer task finish."""
         if not self.closed:
             self.closed = True
-            with trio.move_on_after(1) as cs:
-                cs.shield = True
-                try:
-                    await self._out.send((packb(None), True))
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    pass
-        self._out.close()
+            self._ending = True
+            self._room.unpark_all()  # waiting senders: closed
+            try:
+                self._queue_frame(packb(None), final=True)
+            except ChannelClosed:
+                pass
+            self._work.unpark_all()
 
 
 @asynccontextmanager

@@ -53,6 +53,10 @@ MAX_PROVIDER_VALUE = 512
 MAX_RECORD_TTL = 24 * 3600
 MAX_ADDRESSES = 16
 CAPACITY_KEYS = ("cores", "memory_mb", "disk_gb")
+# The monitor's summary a node may put in its record: name -> type.
+HEALTH_KEYS = {"state": str, "pressure": float, "failure_rate": float, "load": float,
+               "slots_free": int, "disk_free_gb": int, "since": int}
+HEALTH_STATES = ("ok", "congested", "failing")
 
 
 def dht_key(name: bytes) -> bytes:
@@ -154,9 +158,10 @@ _KIND_RULES = {"node": _node_rule, "provider": _provider_rule, "revocations": _r
 
 def _decode_node_value(value: bytes, cert: Certificate) -> tuple[Any, ...]:
     fields = unpackb_untrusted(value)
-    if not (isinstance(fields, list) and len(fields) == 3):
-        raise BadMessage("node record value must be [addresses, roles, capacity]")
-    addresses, roles, capacity = fields
+    if not (isinstance(fields, list) and len(fields) in (3, 4)):
+        raise BadMessage("node record value must be [addresses, roles, capacity, health?]")
+    addresses, roles, capacity = fields[:3]
+    health = _check_health(fields[3] if len(fields) == 4 else {})
     if not (isinstance(addresses, list) and len(addresses) <= MAX_ADDRESSES):
         raise BadMessage("bad address list")
     expect(all(isinstance(a, str) and 0 < len(a) < 128 for a in addresses), "bad address")
@@ -165,7 +170,19 @@ def _decode_node_value(value: bytes, cert: Certificate) -> tuple[Any, ...]:
     if not (isinstance(capacity, dict) and set(capacity) <= set(CAPACITY_KEYS)):
         raise BadMessage("bad capacity")
     cap = {k: _check_int(v, f"capacity {k}") for k, v in capacity.items()}
-    return tuple(addresses), roles_t, cap
+    return tuple(addresses), roles_t, cap, health
+
+
+def _check_health(health: Any) -> dict[str, Any]:
+    if not (isinstance(health, dict) and set(health) <= set(HEALTH_KEYS)):
+        raise BadMessage(f"health must be a map with keys among {', '.join(HEALTH_KEYS)}")
+    for k, v in health.items():
+        kind = HEALTH_KEYS[k]
+        ok = (type(v) is int and v >= 0 if kind is int
+              else isinstance(v, float) and 0 <= v <= 1e6 if kind is float
+              else v in HEALTH_STATES)
+        expect(ok, f"bad health value for {k}")
+    return dict(health)
 
 
 @dataclass(frozen=True)
@@ -180,6 +197,7 @@ class NodeRecord:
     capacity: dict[str, int]
     seq: int
     expires: int
+    health: dict[str, Any] = field(default_factory=dict)
     raw: bytes = field(default=b"", compare=False, repr=False)
     signed: SignedRecord | None = field(default=None, compare=False, repr=False)
 
@@ -190,8 +208,11 @@ class NodeRecord:
     @classmethod
     def create(cls, key: KeyPair, cert: Certificate, *, addresses: tuple[str, ...],
                roles: tuple[str, ...], capacity: dict[str, int], seq: int,
-               expires: int) -> NodeRecord:
-        value = packb([list(addresses), list(roles), dict(capacity)])
+               expires: int, health: dict[str, Any] | None = None) -> NodeRecord:
+        fields: list[Any] = [list(addresses), list(roles), dict(capacity)]
+        if health:
+            fields.append(_check_health(dict(health)))
+        value = packb(fields)
         rec = SignedRecord.create(key, cert, key=node_record_key(key.id), kind="node", seq=seq,
                                   expires=expires, value=value)
         return cls.from_signed(rec)
@@ -201,9 +222,9 @@ class NodeRecord:
         """The view of a record that SignedRecord.from_bytes_untrusted accepted."""
         if rec.kind != "node":
             raise BadMessage(f"a {rec.kind} record is not a node record")
-        addresses, roles, capacity = _decode_node_value(rec.value, rec.cert)
+        addresses, roles, capacity, health = _decode_node_value(rec.value, rec.cert)
         return cls(rec.signer, rec.cert.subject_key, rec.cert, addresses, roles, capacity,
-                   rec.seq, rec.expires, rec.raw, rec)
+                   rec.seq, rec.expires, health, rec.raw, rec)
 
     @classmethod
     def from_bytes_untrusted(cls, data: bytes, grid: GridInfo, now: float, *,

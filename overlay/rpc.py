@@ -26,7 +26,6 @@ bug is logged there and reaches the caller as ``internal``.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
@@ -160,8 +159,8 @@ class RpcServer:
                     msg = await channel.receive()
                     inline = self._dispatch_untrusted(msg, channel, ctx, calls, credits,
                                                       nursery)
-                    if inline is not None:
-                        await self._run(*inline)
+                    if inline is not None:  # answered here: no task, no cancel scope
+                        await self._answer(channel, ctx, *inline)
             except ChannelClosed as exc:
                 if not exc.clean:
                     error = exc  # the server counts streams cut short
@@ -176,8 +175,12 @@ class RpcServer:
     def _dispatch_untrusted(self, msg: Any, channel: SecureChannel, ctx: CallContext,
                             calls: dict[int, trio.CancelScope],
                             credits: dict[int, trio.Semaphore], nursery: trio.Nursery
-                            ) -> tuple[Any, ...] | None:
-        """Start a call, or return the arguments of an inline one for the reader to run."""
+                            ) -> tuple[int, str, Method, Any] | None:
+        """Start a call, or return what the reader needs to answer an inline one.
+
+        An inline call is answered by the connection's reader before it reads
+        on: it holds no slot among ``calls`` and needs no cancel scope, since
+        no CANCEL for it can be read before its answer is sent."""
         kind, call_id = _check_message_untrusted(msg)
         if kind == CANCEL:
             scope = calls.get(call_id)
@@ -222,6 +225,8 @@ class RpcServer:
                                                         refusal.args[0]])
             return None
         assert method is not None
+        if method.inline and kind == REQUEST:
+            return call_id, method_name, method, msg[3]
         scope = trio.CancelScope()
         calls[call_id] = scope
         sem = None
@@ -229,44 +234,18 @@ class RpcServer:
             window = msg[4]
             expect(type(window) is int and 0 < window <= MAX_WINDOW, "bad window")
             sem = credits[call_id] = trio.Semaphore(window, max_value=MAX_WINDOW)
-        run = (channel, ctx, call_id, method_name, method, msg[3], scope, sem, calls, credits)
-        if method.inline and sem is None:
-            return run  # the reader runs it itself: no task for a call that answers at once
-        nursery.start_soon(self._run, *run)
+        nursery.start_soon(self._run, channel, ctx, call_id, method_name, method, msg[3], scope,
+                           sem, calls, credits)
         return None
 
     async def _run(self, channel: SecureChannel, ctx: CallContext, call_id: int, name: str,
                    method: Method, args: Any, scope: trio.CancelScope,
                    credit: trio.Semaphore | None, calls: dict[int, trio.CancelScope],
                    credits: dict[int, trio.Semaphore]) -> None:
+        """A call in its own task, which CANCEL cancels."""
         try:
             with scope:
-                try:
-                    if credit is not None:
-                        async with aclosing(method.fn(ctx, args)) as items:
-                            async for item in items:
-                                await credit.acquire()
-                                await channel.send([ITEM, call_id, item])
-                        await channel.send([END, call_id])
-                    else:
-                        result = await method.fn(ctx, args)
-                        await channel.send([RESULT, call_id, result])
-                except RpcError as exc:
-                    self._count("calls_failed")
-                    await channel.send([ERROR, call_id, exc.code, str(exc.args[0])])
-                except MessageTooLarge as exc:
-                    self._count("calls_failed")
-                    await channel.send([ERROR, call_id, "too_large",
-                                        f"the answer to {name} is too large ({exc}); "
-                                        f"ask for less"])
-                except ChannelClosed:
-                    pass
-                except Exception:
-                    self._count("calls_internal_error")
-                    logger.exception("rpc.internal_error method=%s peer=%s", name,
-                                     ctx.peer_id.hex())
-                    await channel.send([ERROR, call_id, "internal",
-                                        f"{name} failed on the node; its log says why"])
+                await self._answer(channel, ctx, call_id, name, method, args, credit)
             if scope.cancelled_caught:
                 self._count("calls_cancelled")
         except ChannelClosed:
@@ -274,6 +253,34 @@ class RpcServer:
         finally:
             calls.pop(call_id, None)
             credits.pop(call_id, None)
+
+    async def _answer(self, channel: SecureChannel, ctx: CallContext, call_id: int, name: str,
+                      method: Method, args: Any, credit: trio.Semaphore | None = None) -> None:
+        """Run the handler and send its answer: the result, the items, or a typed error."""
+        try:
+            if credit is not None:
+                async with aclosing(method.fn(ctx, args)) as items:
+                    async for item in items:
+                        await credit.acquire()
+                        await channel.send([ITEM, call_id, item])
+                await channel.send([END, call_id])
+            else:
+                result = await method.fn(ctx, args)
+                await channel.send([RESULT, call_id, result])
+        except RpcError as exc:
+            self._count("calls_failed")
+            await channel.send([ERROR, call_id, exc.code, str(exc.args[0])])
+        except MessageTooLarge as exc:
+            self._count("calls_failed")
+            await channel.send([ERROR, call_id, "too_large",
+                                f"the answer to {name} is too large ({exc}); ask for less"])
+        except ChannelClosed:
+            pass
+        except Exception:
+            self._count("calls_internal_error")
+            logger.exception("rpc.internal_error method=%s peer=%s", name, ctx.peer_id.hex())
+            await channel.send([ERROR, call_id, "internal",
+                                f"{name} failed on the node; its log says why"])
 
 
 async def _send_quietly(channel: SecureChannel, msg: list[Any]) -> None:
@@ -401,13 +408,18 @@ class RpcClient:
             call_id, call = self._start()
             completed = False
             try:
-                with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                if timeout is None:  # no cancel scope: it costs more than the rest of a call
                     await self.channel.send([REQUEST, call_id, method, args])
                     await call.done.wait()
                     completed = True
-                if scope.cancelled_caught:
-                    raise CallTimeout(f"{method} to {self.channel.address} took longer than "
-                                      f"{timeout} s")
+                else:
+                    with trio.move_on_after(timeout):
+                        await self.channel.send([REQUEST, call_id, method, args])
+                        await call.done.wait()
+                        completed = True
+                    if not completed:
+                        raise CallTimeout(f"{method} to {self.channel.address} took longer "
+                                          f"than {timeout} s")
             except ChannelClosed:
                 raise Unavailable(self.closed or "connection closed") from None
             except MessageTooLarge as exc:

@@ -219,18 +219,17 @@ class DemandBook:
         return estimate(self.series(dataset, now), self.p)
 
     def by_site(self, dataset: str, now: float) -> dict[str, float]:
-        """Reads per requesting site over the window, recent buckets weighing more
-        (a bucket ``k`` buckets old counts ``(1 - alpha) ** k``)."""
-        window = self.p.complete(now)
-        end = window.stop  # the current bucket counts fully, like the newest
-        decay = 1 - self.p.alpha
+        """Reads per requesting site within the window (the current bucket too), all
+        weighing the same: a site's replica pays off over hours, so a site that
+        read the dataset twice this hour is demand even if the reads were not in
+        the last few minutes."""
+        first = self.p.complete(now).start
         out: dict[str, float] = {}
         for counts in self.reports.get(dataset, {}).values():
             for site, buckets in counts.items():
-                w = sum(n * decay ** max(0, end - 1 - b) for b, n in buckets.items()
-                        if b >= window.start)
-                if w > 0:
-                    out[site] = out.get(site, 0.0) + w
+                n = sum(n for b, n in buckets.items() if b >= first)
+                if n > 0:
+                    out[site] = out.get(site, 0.0) + n
         return out
 
     def prune(self, now: float) -> None:

@@ -55,6 +55,37 @@ Memory: ``peak_rss_mb_client`` is this process's ``ru_maxrss`` at the end
 is its peak before the channel part started); ``peak_rss_mb_server`` is the
 channel server subprocess's, ``plain_peak_rss_mb_server`` the plain one's.
 
+CRYPTO CEILING (``crypto_push_mb_s``, ``crypto_pull_mb_s``, ``bulk_ceiling_mb_s``,
+``bulk_ceiling_ratio``)
+    Before and after the rest, this process encrypts the bulk size (``--bulk-mb``) in
+    frames of the default cap (1 MiB) with
+    ``crypto_secretstream_xchacha20poly1305_push``, and decrypts each frame
+    with ``..._pull``, timing each alone in CPU time of this thread (push
+    and pull are the C calls the channel makes, through PyNaCl's bindings);
+    the faster of the two measurements counts.
+    The mandated crypto bounds the bulk rate three ways:
+
+        ceiling = min(push, pull, 2 / (1/push + 1/pull + k))
+
+    A secretstream is sequential (each message's nonce and MAC state follow
+    from the one before), so one direction is encrypted by one core at most
+    at ``push`` MB/s and decrypted by one at most at ``pull`` MB/s.  And
+    sender and receiver share the machine's two cores: per MB, encrypting
+    (1/push s), decrypting (1/pull s) and moving the bytes through the
+    kernel (``k``: the CPU seconds per MB of the plain transfer, both
+    processes: syscalls, copies, loopback TCP) must fit in two core-seconds
+    per second.  Everything else the channel does (framing, msgpack, RPC,
+    Python) only lowers the rate below that.  ``bulk_ceiling_ratio`` is the
+    ceiling / plain MB/s: the best ``bulk_ratio`` two cores allow;
+    ``bulk_of_ceiling`` is the RPC stream's MB/s / the ceiling.
+
+    Two cores of a virtual machine are not always two cores: the host may
+    run something else on them.  ``parallel_cores`` measures what two busy
+    threads get at once (two threads pushing 256 MB each at the same time,
+    against one alone, in wall-clock time; at most 2), and
+    ``bulk_ceiling_mb_s_parallel_cores`` / ``bulk_ceiling_ratio_parallel_cores``
+    are the same ceiling with that many cores in place of 2.
+
 Targets (printed as PASS/FAIL; the exit code is 0 either way): channel
 MB/s / plain MB/s >= 0.5 (the RPC stream) and channel calls/s / plain
 calls/s >= 0.5 (at ``--concurrency``).  Progress goes to stderr; with
@@ -73,6 +104,7 @@ import math
 import os
 import struct
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -81,11 +113,13 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import nacl.bindings as sodium
 import nacl.signing
 import trio
 
 import overlay
 from overlay import Certificate, GridInfo, KeyPair
+from overlay._handshake import MAX_FRAME
 from overlay.channel import ChannelServer, Credentials, SecureChannel, open_channel
 from overlay.rpc import CallContext, Method, RpcClient, RpcServer, open_rpc
 
@@ -108,6 +142,8 @@ WARMUP_BYTES = 32 * MB
 WARMUP_CALLS = 200
 PAYLOAD = b"\xa5" * 32
 MAX_CHUNK_KB = 1000  # a chunk and its RPC envelope must fit the 1 MiB frame cap
+CEILING_CORES = 2  # sender and receiver, one core each (see the docstring)
+PARALLEL_PROBE = 256 * MB  # pushed by each of two threads to see how many cores they get
 TARGET_BULK_RATIO = 0.5
 TARGET_CALL_RATIO = 0.5
 PROFILE_LINES = 25
@@ -518,6 +554,70 @@ async def calls_rpc(meter: Meter, client: RpcClient, calls: int, levels: list[in
             for level in levels}
 
 
+def crypto_rates(total: int) -> tuple[float, float]:
+    """MB/s of secretstream push alone and pull alone over ``total`` bytes in frames
+    of the default cap, in CPU time of this thread (the crypto ceiling's inputs)."""
+    key = sodium.crypto_secretstream_xchacha20poly1305_keygen()
+    push = sodium.crypto_secretstream_xchacha20poly1305_state()
+    header = sodium.crypto_secretstream_xchacha20poly1305_init_push(push, key)
+    pull = sodium.crypto_secretstream_xchacha20poly1305_state()
+    sodium.crypto_secretstream_xchacha20poly1305_init_pull(pull, header, key)
+    tag = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
+    push_s = pull_s = 0.0
+    for chunk, times in _chunks(total, os.urandom(MAX_FRAME)):
+        for _ in range(times):
+            t0 = time.thread_time()
+            ciphertext = sodium.crypto_secretstream_xchacha20poly1305_push(push, chunk, None, tag)
+            t1 = time.thread_time()
+            plaintext, _ = sodium.crypto_secretstream_xchacha20poly1305_pull(pull, ciphertext)
+            push_s, pull_s = push_s + t1 - t0, pull_s + time.thread_time() - t1
+            if len(plaintext) != len(chunk):
+                raise RuntimeError("secretstream round trip lost bytes")
+    return mb_s(total, push_s), mb_s(total, pull_s)
+
+
+def parallel_cores(total: int) -> float:
+    """How many cores two busy threads get at once: the MB/s of two threads pushing
+    ``total`` bytes each at the same time (cffi lets go of the GIL in the C call),
+    over that of one thread alone, in wall-clock time."""
+    chunk = os.urandom(MAX_FRAME)
+    frames = max(1, total // MAX_FRAME)
+
+    def push_all() -> None:
+        state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        sodium.crypto_secretstream_xchacha20poly1305_init_push(
+            state, sodium.crypto_secretstream_xchacha20poly1305_keygen())
+        for _ in range(frames):
+            sodium.crypto_secretstream_xchacha20poly1305_push(state, chunk)
+
+    t0 = time.perf_counter()
+    push_all()
+    alone = time.perf_counter() - t0
+    threads = [threading.Thread(target=push_all) for _ in range(2)]
+    t0 = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return round(2 * alone / (time.perf_counter() - t0), 2)
+
+
+def measure_crypto(total: int) -> tuple[float, float, float]:
+    log(f"crypto: secretstream push and pull of {total // MB} MB in {MAX_FRAME // 1024} KiB "
+        f"frames, one thread; then push by two threads at once")
+    push, pull = crypto_rates(total)
+    cores = parallel_cores(min(total, PARALLEL_PROBE))
+    log(f"  push {push:.1f} MB/s, pull {pull:.1f} MB/s (CPU time); two threads get "
+        f"{cores:.2f} cores")
+    return push, pull, cores
+
+
+def bulk_ceiling(push: float, pull: float, kernel_s_per_mb: float,
+                 cores: float = CEILING_CORES) -> float:
+    """The best bulk MB/s the mandated crypto allows on ``cores`` cores (module docstring)."""
+    return min(push, pull, cores / (1 / push + 1 / pull + kernel_s_per_mb))
+
+
 async def run_client(args: argparse.Namespace, servers: dict[str, ServerProcess],
                      creds: Credentials, results: dict[str, Any]) -> None:
     total = args.bulk_mb * MB
@@ -528,6 +628,7 @@ async def run_client(args: argparse.Namespace, servers: dict[str, ServerProcess]
     plain, channel = servers["plain"], servers["channel"]
     meter = Meter(plain, args.repeat)
 
+    results["crypto"] = [measure_crypto(total)]
     log(f"plain: bulk {args.bulk_mb} MB in {args.chunk_kb} KiB chunks")
     results["plain_bulk"] = await bulk_plain(meter, plain.hello["bulk"], total, chunk)
     log(f"plain: {args.calls} echo calls at concurrency {', '.join(map(str, levels))}")
@@ -545,6 +646,7 @@ async def run_client(args: argparse.Namespace, servers: dict[str, ServerProcess]
         log(f"channel: bulk {args.bulk_mb} MB with SecureChannel.send/receive, no RPC")
         results["channel_bulk"] = await bulk_channel(meter, channel.hello["channel"], creds,
                                                      total, chunk)
+    results["crypto"].append(measure_crypto(total))
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -579,6 +681,14 @@ def build_report(args: argparse.Namespace, results: dict[str, Any],
     plain = mb_s(total, plain_bulk.seconds)
     raw = None if raw_bulk is None else mb_s(total, raw_bulk.seconds)
     rpc_calls, plain_calls = results["rpc_calls"], results["plain_calls"]
+    # Measured before and after the transfers; the faster of each (a busy machine
+    # only slows it down, and the ceiling is what the crypto allows at best).
+    push = max(m[0] for m in results["crypto"])
+    pull = max(m[1] for m in results["crypto"])
+    cores = min(float(CEILING_CORES), max(m[2] for m in results["crypto"]))
+    kernel = (plain_bulk.client_cpu + plain_bulk.server_cpu) / args.bulk_mb
+    ceiling = bulk_ceiling(push, pull, kernel)
+    ceiling_here = bulk_ceiling(push, pull, kernel, cores)
     head = args.concurrency
     extra = next((k for k in rpc_calls if k != head), None)
     cps = {k: args.calls / t.seconds for k, t in rpc_calls.items()}
@@ -595,6 +705,15 @@ def build_report(args: argparse.Namespace, results: dict[str, Any],
         "bulk_ratio": _ratio(bulk, plain),
         "channel_mb_s": _r(raw),
         "channel_bulk_ratio": _ratio(raw, plain),
+        "crypto_push_mb_s": _r(push),
+        "crypto_pull_mb_s": _r(pull),
+        "plain_cpu_ms_per_mb": _r(kernel * 1e3, 3),
+        "bulk_ceiling_mb_s": _r(ceiling),
+        "bulk_ceiling_ratio": _ratio(ceiling, plain),
+        "bulk_of_ceiling": _ratio(bulk, ceiling),
+        "parallel_cores": cores,
+        "bulk_ceiling_mb_s_parallel_cores": _r(ceiling_here),
+        "bulk_ceiling_ratio_parallel_cores": _ratio(ceiling_here, plain),
         "calls_per_s": _r(cps[head]),
         "plain_calls_per_s": _r(plain_cps[head]),
         "small_call_ratio": _ratio(cps[head], plain_cps[head]),
@@ -628,7 +747,9 @@ def build_report(args: argparse.Namespace, results: dict[str, Any],
                   "use), channel_mb_s the bare SecureChannel; sender and receiver in "
                   "separate processes on loopback; small calls are echoes of [i, 32 bytes]; "
                   "*_cpu_ratio = plain CPU / channel CPU, both processes; "
-                  "peak_rss_mb_client covers the plain and the channel clients (one process)"),
+                  "peak_rss_mb_client covers the plain and the channel clients (one process); "
+                  "bulk_ceiling_mb_s = min(push, pull, 2 / (1/push + 1/pull + plain CPU "
+                  "s/MB)): the best the mandated secretstream allows on two cores"),
         "sources_sha256": SOURCES_AT_START,
     }
     if sources_sha256() != SOURCES_AT_START:
@@ -656,6 +777,8 @@ def human(report: dict[str, Any], emit: Callable[[str], None]) -> None:
          " MB/s"),
         ("bulk, bare channel", report["channel_mb_s"], report["plain_mb_s"],
          report["channel_bulk_ratio"], " MB/s"),
+        ("bulk, crypto ceiling", report["bulk_ceiling_mb_s"], report["plain_mb_s"],
+         report["bulk_ceiling_ratio"], " MB/s"),
         (f"calls, concurrency {c}", report["calls_per_s"], report["plain_calls_per_s"],
          report["small_call_ratio"], "/s"),
     ]
@@ -682,6 +805,13 @@ def human(report: dict[str, Any], emit: Callable[[str], None]) -> None:
          f"{_cpu_pair(cpu['calls_us_per_call']['rpc']):>16}"
          f"{_cpu_pair(cpu['calls_us_per_call']['plain']):>16}"
          f"{_fmt(report['small_call_cpu_ratio'], '.3f'):>15}")
+    emit(f"crypto ceiling: push {_fmt(report['crypto_push_mb_s'], '.1f')} MB/s, pull "
+         f"{_fmt(report['crypto_pull_mb_s'], '.1f')} MB/s (CPU time, one thread), plain "
+         f"{_fmt(report['plain_cpu_ms_per_mb'], '.3f')} CPU ms/MB; the RPC stream reaches "
+         f"{_fmt(report['bulk_of_ceiling'], '.3f')} of the ceiling")
+    emit(f"two busy threads get {report['parallel_cores']:.2f} cores here: ceiling "
+         f"{_fmt(report['bulk_ceiling_mb_s_parallel_cores'], '.1f')} MB/s, ratio "
+         f"{_fmt(report['bulk_ceiling_ratio_parallel_cores'], '.3f')}")
     emit(f"{'peak RSS, server':26}{_fmt(report['peak_rss_mb_server'], '.1f', ' MB'):>16}"
          f"{_fmt(report['plain_peak_rss_mb_server'], '.1f', ' MB'):>16}")
     emit(f"peak RSS, client process (both clients): {report['peak_rss_mb_client']:.1f} MB "

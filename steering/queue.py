@@ -483,7 +483,12 @@ class QueueNode:
         if news:
             oks = await self._commit([new for _, new in news], "report")
             for (i, new), done in zip(news, oks, strict=True):
-                if done:
+                if done and not new.final:
+                    out[i] = "ok"
+                    self.counters["jobs_requeued"] += 1
+                    log("job.requeued", job=new.job_id, attempt=new.attempt, worker=worker,
+                        reason=new.history[-1].reason)
+                elif done:
                     out[i] = "ok"
                     self.counters["jobs_finished" if new.state == "finished"
                                   else "jobs_failed"] += 1

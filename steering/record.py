@@ -16,7 +16,8 @@ running        finish          finished       the payload ended well (no outputs
 transferring   finish          finished       outputs registered
 running        fail            failed         the payload failed (the job's fault: final)
 transferring   fail            failed         stage-out failed for good
-running        retry           activated      lease expired or worker gave it back
+running        retry           activated      lease expired, worker gave it back, or the
+                                              node failed it (``NODE_ERRORS``)
 transferring   retry           activated      (idem); ``fail`` instead when no attempt is left
 activated      unschedulable   failed         no node of the grid can ever run it
 defined        inputs_missing  failed         an input dataset stayed unknown to the grid
@@ -267,6 +268,11 @@ def check_lease(rec: JobRecord, worker: bytes, attempt: int) -> Lease:
     return lease
 
 
+# Failures a node causes whatever the job (its sandbox, its storage, its transfers): the
+# job goes back to the queue for another attempt, on another node if that one is failing.
+NODE_ERRORS = frozenset({"sandbox_failed", "stage_in_failed", "stage_out_failed"})
+
+
 def requeue(rec: JobRecord, *, now: float, reason: str) -> JobRecord:
     """The lease ended without a result: next attempt, or failed when none is left."""
     if rec.attempt >= rec.job.spec.max_attempts:
@@ -296,5 +302,8 @@ def report(rec: JobRecord, worker: bytes, attempt: int, epoch: int, *, now: floa
                      reason="payload finished" + (f", {len(outputs)} output files"
                                                   if outputs else ""))
     assert failure is not None
+    if failure.code in NODE_ERRORS:  # the node's fault, not the job's: run it elsewhere
+        return requeue(rec, now=now, reason=f"{failure.code} on node {worker.hex()[:12]}: "
+                                            f"{failure.diagnosis}")
     return apply(rec, "fail", now=now, node=worker, lease=None, failure=failure,
                  reason=f"{failure.code}: {failure.diagnosis}")

@@ -66,6 +66,9 @@ class Worker:
     _wake: trio.Event = field(default_factory=trio.Event)
     # This node's own queue methods, called without the network (None: it has none).
     local: Callable[[str, Any], Awaitable[Any]] | None = None
+    # Jobs to claim at most for so many free cores (the node's steering: fewer when
+    # congested, none when failing); None: one per free core, at most 64.
+    claim_limit: Callable[[int], int] | None = None
 
     def __post_init__(self) -> None:
         self._reports = Outbox(self._send_reports, MAX_BATCH)
@@ -116,10 +119,11 @@ class Worker:
         started = 0
         for q in queues[:QUEUES_PER_ROUND]:
             cores, memory, disk = self.free()
-            if cores < 1:
+            limit = min(cores, 64) if self.claim_limit is None else self.claim_limit(cores)
+            if cores < 1 or limit < 1:
                 break
             offer = {"site": self.site, "cores": cores, "memory_mb": memory, "disk_mb": disk,
-                     "labels": sorted(self.labels), "max_jobs": min(cores, 64)}
+                     "labels": sorted(self.labels), "max_jobs": limit}
             try:
                 answer = await self._call(q, "queue.claim", offer)
             except RpcError as exc:

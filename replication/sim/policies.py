@@ -38,6 +38,7 @@ job's alone and goes with it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from ..policy import (
@@ -239,7 +240,8 @@ class Trend(Policy):
         self.watch: dict[int, None] = {}              # datasets not at rest
         self.by_name: dict[str, Dataset] = {}
         self.shortcuts = shortcuts
-        self.quiet: dict[int, tuple[int, int]] = {}   # dataset -> (bucket, version)
+        # dataset -> (bucket, version, until when) of a decision that changed nothing
+        self.quiet: dict[int, tuple[int, int, float]] = {}
         self.bucket = -1
         self.decisions = 0
         self.skipped = 0
@@ -281,6 +283,7 @@ class Trend(Policy):
             reporter = grid.nodes[index].id
             for name in sorted(log.take_changed()):
                 book.merge(reporter, name, log.summary(name, now))
+                self.quiet.pop(self.by_name[name].index, None)  # new reads: new facts
             if new_bucket:
                 log.prune(now)
         if new_bucket:
@@ -292,20 +295,26 @@ class Trend(Policy):
             # A dataset at rest (at its minimum, all replicas counted, idle memory,
             # no reads in the window: see _decide) would get a decision that does
             # nothing; so would one whose facts have not changed since a decision
-            # that did nothing (same complete buckets, same replicas, idle memory).
+            # that did nothing (same buckets, no new reads, same replicas, idle
+            # memory).
             # Both are left out; a test checks the figures do not change.
             todo = dict.fromkeys(self.by_name[name].index for name in book.reports)
             todo.update(self.watch)
             quiet = self.quiet
             before = len(todo)
-            todo = {i: None for i in todo
-                    if quiet.get(i) != (bucket, datasets[i].version)}
+            todo = {i: None for i in todo if not self._asleep(quiet.get(i), bucket,
+                                                              datasets[i].version, now)}
             self.skipped += before - len(todo)
         if todo:
             nodes = self._node_infos()
             for index in sorted(todo):
                 self._decide(datasets[index], nodes, now)
         grid.engine.after(self.interval, self._round)
+
+    @staticmethod
+    def _asleep(quiet: tuple[int, int, float] | None, bucket: int, version: int,
+                now: float) -> bool:
+        return quiet is not None and quiet[:2] == (bucket, version) and now < quiet[2]
 
     def _node_infos(self) -> dict[bytes, NodeInfo]:
         """What the custodian knows of the live nodes now."""
@@ -361,11 +370,21 @@ class Trend(Policy):
             elif action.kind == "drop":
                 grid.remove_replica(r)
                 nodes[node.id] = NodeInfo(node.id, node.site.name, node.free_disk, node.load)
-        idle = (not decision.actions and not memory.adding and not memory.leaving
-                and memory.above_since is None and not ds.gone
-                and len(decision.counted) == decision.target)
-        if idle:
-            self.quiet[ds.index] = (self.bucket, ds.version)
+        # Nothing asked, nothing under way: the next decision does the same until the
+        # buckets, the reads or the replicas change, or the cool-down ends.  Not so
+        # while a site reads enough for a replica it lacks: a node there may free up.
+        steady = (not decision.actions and not memory.adding and not memory.leaving
+                  and not ds.gone and len(decision.counted) >= decision.target)
+        if steady:
+            sites = {nodes[n].site for n in decision.counted if n in nodes}
+            steady = all(reads < self.pp.site_add_reads or s in sites
+                          for s, reads in by_site.items())
+        idle = steady and memory.above_since is None and len(decision.counted) == \
+            decision.target
+        if steady:
+            wake = (math.inf if memory.above_since is None
+                    else memory.above_since + self.pp.cooldown)
+            self.quiet[ds.index] = (self.bucket, ds.version, wake)
         else:
             self.quiet.pop(ds.index, None)
         if idle and decision.target == ds.min_replicas and len(ds.replicas) == len(holders):

@@ -252,7 +252,7 @@ def _jobs(sc: Scenario, sites: tuple[SiteSpec, ...], datasets: tuple[DatasetSpec
     ranking = list(range(nds))
     rng.shuffle(ranking)
     site_cdf = list(itertools.accumulate(s.nodes for s in sites))
-    interest = [_weighted_sample(rng, [s.nodes for s in sites],
+    interest = [weighted_sample(rng, [s.nodes for s in sites],
                                  min(sc.interest_sites, len(sites)))
                 for _ in range(nds)]
     episodes = _episodes(sc, len(sites), nds, span, rng)
@@ -305,11 +305,12 @@ def _jobs(sc: Scenario, sites: tuple[SiteSpec, ...], datasets: tuple[DatasetSpec
     return tuple(jobs), episodes
 
 
-def _weighted_sample(rng: random.Random, weights: list[int], k: int) -> tuple[int, ...]:
-    """``k`` distinct indexes, each drawn in proportion to its weight."""
-    left = dict(enumerate(weights))
+def weighted_sample(rng: random.Random, weights: list[float], k: int) -> tuple[int, ...]:
+    """Up to ``k`` distinct indexes, each drawn in proportion to its weight (never
+    one of weight 0)."""
+    left = {i: w for i, w in enumerate(weights) if w > 0}
     out = []
-    for _ in range(k):
+    for _ in range(min(k, len(left))):
         x = rng.random() * sum(left.values())
         keys = list(left)
         chosen = keys[-1]

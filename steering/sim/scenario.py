@@ -231,30 +231,13 @@ def _count(per_200: float, nodes: int, most: int) -> int:
     return min(most, max(1, round(per_200 * nodes / 200))) if per_200 > 0 else 0
 
 
-def _weighted_distinct(rng: random.Random, weights: list[float], k: int) -> list[int]:
-    left = {i: w for i, w in enumerate(weights) if w > 0}
-    out = []
-    for _ in range(min(k, len(left))):
-        x = rng.random() * sum(left.values())
-        keys = list(left)
-        chosen = keys[-1]
-        for i in keys:
-            x -= left[i]
-            if x < 0:
-                chosen = i
-                break
-        out.append(chosen)
-        del left[chosen]
-    return out
-
-
 def _bottlenecks(sc: BottleneckScenario, w: sim.Workload, span: float,
                  rng: random.Random) -> tuple[Bottleneck, ...]:
     out = []
     site_weights = [float(s.nodes) for s in w.sites]
     node_site = [i for i, s in enumerate(w.sites) for _ in range(s.nodes)]
     k = _count(sc.link_drops, sc.nodes, len(w.sites))
-    for s in _weighted_distinct(rng, site_weights, k):
+    for s in sim.weighted_sample(rng, site_weights, k):
         t = rng.uniform(0.1, 0.6) * span
         out.append(Bottleneck("link", t, t + sc.link_hours * HOUR, s, None, sc.link_factor))
     reads = [0.0] * len(w.datasets)
@@ -265,12 +248,12 @@ def _bottlenecks(sc: BottleneckScenario, w: sim.Workload, span: float,
         for n in spec.holders:
             node_weights[n] += reads[d]
     k = _count(sc.slow_storage, sc.nodes, sc.nodes)
-    for n in _weighted_distinct(rng, node_weights, k):
+    for n in sim.weighted_sample(rng, node_weights, k):
         t = rng.uniform(0.1, 0.7) * span
         out.append(Bottleneck("storage", t, t + sc.storage_hours * HOUR, node_site[n], n,
                               sc.storage_factor))
     k = _count(sc.failing_sites, sc.nodes, len(w.sites))
-    for s in _weighted_distinct(rng, site_weights, k):
+    for s in sim.weighted_sample(rng, site_weights, k):
         t = rng.uniform(0.2, 0.7) * span
         out.append(Bottleneck("failing", t, t + sc.failing_hours * HOUR, s))
     out.sort(key=lambda b: (b.start, KINDS.index(b.kind), b.site))

@@ -14,7 +14,7 @@ SCRIPT = ROOT / "scripts" / "bench_transport.py"
 KEYS = (
     "bulk_ratio", "small_call_ratio", "bulk_mb_s", "plain_mb_s", "calls_per_s",
     "plain_calls_per_s", "peak_rss_mb_client", "peak_rss_mb_server", "bulk_mb", "calls",
-    "targets",
+    "targets", "crypto_push_mb_s", "crypto_pull_mb_s", "bulk_ceiling_mb_s", "bulk_ceiling_ratio",
 )
 
 
@@ -34,7 +34,8 @@ def test_tiny_benchmark_run_reports_json() -> None:
     assert (report["bulk_mb"], report["calls"]) == (8, 500)
     for key in ("bulk_ratio", "small_call_ratio", "bulk_mb_s", "plain_mb_s", "calls_per_s",
                 "plain_calls_per_s", "channel_mb_s", "calls_per_s_concurrent",
-                "peak_rss_mb_client", "peak_rss_mb_server"):
+                "peak_rss_mb_client", "peak_rss_mb_server", "crypto_push_mb_s",
+                "crypto_pull_mb_s", "bulk_ceiling_mb_s", "bulk_ceiling_ratio"):
         assert _positive(report[key]), f"{key} = {report[key]!r}"
     targets = report["targets"]
     assert any(name.startswith("bulk_ratio") for name in targets)

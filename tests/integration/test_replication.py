@@ -31,11 +31,13 @@ def fast_grid(root, n: int) -> Grid:
     g.prepare()
     for i in range(n):
         config = g.dir(i) / "config.toml"
-        text = config.read_text()
+        sections = re.split(r"(?m)^(?=\[)", config.read_text())
         for key, value in FAST.items():
-            text, found = re.subn(rf"(?m)^{key} = .*", f"{key} = {value}", text)
+            section = "[storage]" if key == "announce_interval" else "[replication]"
+            i = next(i for i, s in enumerate(sections) if s.startswith(section))
+            sections[i], found = re.subn(rf"(?m)^{key} = .*", f"{key} = {value}", sections[i])
             assert found == 1, key
-        config.write_text(text)
+        config.write_text("".join(sections))
     return g
 
 

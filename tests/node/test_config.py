@@ -158,6 +158,9 @@ def test_unknown_key_message_lists_the_known_keys(tmp_path: Path) -> None:
     ("[replication]\nalpha = 1.5\n", "replication.alpha"),
     ("[replication]\nbeta = 0\n", "replication.beta"),
     ("[replication]\nreads_per_replica = 0\n", "replication.reads_per_replica"),
+    ("[replication]\nsite_add_reads = 0\n", "replication.site_add_reads"),
+    ("[replication]\nsite_keep_reads = 2.0\n", "replication.site_keep_reads"),  # not below add
+    ("[replication]\nsite_keep_reads = 0\n", "replication.site_keep_reads"),
     ("[replication]\nmax_load = 2.0\n", "replication.max_load"),
     ("[replication]\nheadroom = 1.0\n", "replication.headroom"),
     ("[replication]\nmax_adds = 0\n", "replication.max_adds"),

@@ -1,4 +1,4 @@
-"""The secure channel and RPC over real loopback TCP."""
+"""The secure channel and RPC over real loopback TCP (one channel over an in-memory stream)."""
 
 import time
 from collections.abc import AsyncIterator
@@ -7,11 +7,28 @@ from typing import Any
 
 import pytest
 import trio
+from trio.testing import memory_stream_pair
 
 from overlay import Certificate, GridInfo, KeyPair
-from overlay._handshake import HELLO_TAG, VERSION, FrameReader, HandshakeRefused, frame
+from overlay._handshake import (
+    HELLO_TAG,
+    VERSION,
+    ClientHandshake,
+    FrameReader,
+    HandshakeRefused,
+    ServerHandshake,
+    frame,
+)
 from overlay._wire import packb
-from overlay.channel import ChannelServer, Credentials, open_channel
+from overlay.channel import (
+    SEND_QUEUE,
+    ChannelClosed,
+    ChannelServer,
+    Credentials,
+    SecureChannel,
+    _run_channel,
+    open_channel,
+)
 from overlay.pool import RpcPool
 from overlay.rpc import (
     CallContext,
@@ -399,3 +416,105 @@ async def test_answers_and_requests_over_the_frame_cap_are_typed_errors() -> Non
         assert err.value.code == "too_large"
         assert len(await c.call("big", 1000)) == 1000  # both ends still fine
     assert server.counters["calls_failed"] == 1
+
+
+async def test_sender_cancelled_on_a_full_queue_leaves_no_partial_frame() -> None:
+    """Big frames fill the socket and the queue while the peer does not read: the
+    socket takes frames in part, the writer task finishes them, a sender that
+    gives up waiting for room sends nothing, and the peer gets every sent frame
+    whole and in order."""
+    got: list[Any] = []
+    release, done = trio.Event(), trio.Event()
+
+    async def slow_reader(channel: SecureChannel) -> None:
+        await release.wait()
+        while (msg := await channel.receive()) != "last":
+            got.append(msg)
+        done.set()
+
+    big = b"x" * 200_000
+    server = ChannelServer(creds(3), slow_reader)
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(server.serve, "127.0.0.1", 0)
+        async with open_channel("127.0.0.1", port, creds(4)) as ch:
+            sent = 0
+            while True:
+                with trio.move_on_after(0.5) as waited:
+                    await ch.send([sent, big])
+                if waited.cancelled_caught:
+                    break  # the queue is full: this one was not sent
+                sent += 1
+            assert sent >= SEND_QUEUE
+            release.set()
+            await ch.send("last")
+            with trio.fail_after(10):
+                await done.wait()
+        nursery.cancel_scope.cancel()
+    assert [m[0] for m in got] == list(range(sent))
+    assert all(m[1] == big for m in got)
+
+
+async def test_sends_that_go_straight_through_still_let_other_tasks_run() -> None:
+    async with serving() as (_, port), open_channel("127.0.0.1", port, creds(4)) as ch:
+        ran = trio.Event()
+
+        async def other() -> None:
+            ran.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            for i in range(100):  # nothing else here is a schedule point
+                await ch.send([0, i, "echo", i])
+            assert ran.is_set()
+
+
+async def test_answer_to_one_of_several_messages_read_together_is_not_held_back() -> None:
+    """Messages read together make their answers wait to go out in one write, but
+    no longer than one scheduler round: a handler that answers the first and
+    never reads again still gets its answer out."""
+    async def answer_two(channel: SecureChannel) -> None:
+        for _ in range(2):
+            await channel.send(["re", await channel.receive()])
+        await trio.sleep_forever()
+
+    server = ChannelServer(creds(3), answer_two)
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(server.serve, "127.0.0.1", 0)
+        async with open_channel("127.0.0.1", port, creds(4)) as ch:
+            await ch.send(0)  # one round trip first: the server's writer task is idle
+            assert await ch.receive() == ["re", 0]
+            both = b"".join(frame(ch._session.encrypt(packb(i))) for i in (1, 2))
+            await ch._stream.send_all(both)  # one write: the server reads both at once
+            with trio.fail_after(5):
+                assert await ch.receive() == ["re", 1]
+        nursery.cancel_scope.cancel()
+
+
+async def test_channel_over_a_stream_that_is_not_a_socket() -> None:
+    """Without a socket to write to directly, the writer task sends everything:
+    frames keep their order and the stream ends cleanly all the same."""
+    a, b = creds(4), creds(3)
+    client = ClientHandshake(a.key, a.cert, a.grid)
+    server = ServerHandshake(b.key, b.cert, b.grid)
+    m3 = client.receive_server_untrusted(server.receive_hello_untrusted(client.hello()),
+                                         now=time.time(), revoked=frozenset())
+    server_session, m4 = server.receive_client_untrusted(m3, now=time.time(),
+                                                         revoked=frozenset())
+    client_session = client.receive_verdict_untrusted(m4)
+    left, right = memory_stream_pair()
+    big = b"y" * 100_000
+    got: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        async def read_all() -> None:
+            async with _run_channel(right, server_session, FrameReader(1 << 20), "b") as ch:
+                try:
+                    while True:
+                        got.append(await ch.receive())
+                except ChannelClosed as exc:
+                    assert exc.clean
+
+        nursery.start_soon(read_all)
+        async with _run_channel(left, client_session, FrameReader(1 << 20), "a") as ch:
+            for i in range(3 * SEND_QUEUE):
+                await ch.send([i, big])
+    assert [m[0] for m in got] == list(range(3 * SEND_QUEUE))

@@ -3,6 +3,7 @@ trim back to the minimum once it has cooled."""
 
 from __future__ import annotations
 
+from replication import PolicyParams
 from replication.sim import GB, Grid, Static, Trend
 
 from .simkit import world
@@ -13,9 +14,10 @@ HOUR = 3600.0
 def hot_world():
     # Dataset 0 (5 GB) lives at sites 0 and 1.  For two hours site 3 reads it
     # 24 times per 5-minute bucket (a 1 GB read, one minute of compute each);
-    # then nothing, until one last job at 5 hours keeps the grid running.
+    # then nothing, until one last job 3 hours after the cool-down keeps the grid
+    # running.
     jobs = [(t * 12.5, 3, 0, GB, 60.0) for t in range(int(2 * HOUR / 12.5))]
-    jobs.append((5 * HOUR, 0, 1, GB, 60.0))
+    jobs.append((5 * HOUR + PolicyParams().cooldown, 0, 1, GB, 60.0))
     return world([3, 3, 3, 3], [(5 * GB, (0, 3)), (1 * GB, (1, 4))], jobs)
 
 
@@ -44,9 +46,15 @@ def test_trend_adds_replicas_at_the_hot_site_and_returns_to_the_minimum():
     assert all(r.complete and not r.leaving for r in ds.replicas.values())
     assert policy.actions["drop"] == policy.actions["add"]
     assert policy.actions["announce_drop"] >= policy.actions["drop"]
-    # The first drop came after the demand had gone and the cool-down had passed.
-    first_drop = min(now for now, count, _, _ in seen if now > 2 * HOUR and count == 2)
-    assert first_drop > 2 * HOUR + policy.pp.cooldown
+    # The first drop came after the demand had gone, and after the count had stayed
+    # above the target for the whole cool-down.
+    first_drop = min(b[0] for a, b in zip(seen, seen[1:], strict=False) if b[1] < a[1])
+    assert first_drop > 2 * HOUR
+    above = [now for now, count, _, target in seen if now < first_drop and count > target]
+    at_or_below = [now for now, count, _, target in seen
+                   if now < first_drop and count <= target]
+    since = min(t for t in above if t > max(at_or_below))
+    assert first_drop - since >= policy.pp.cooldown
     assert stats.datasets_lost == 0 and stats.jobs_finished == len(w.jobs)
 
 
