@@ -95,11 +95,7 @@ class Monitor:
         values = self.sample(now)
         for name, v in values.items():
             self.series[name].append((now, v))
-        if self.health.state != before:
-            self.changed = True
-            log(logger, "health.changed", logging.WARNING if self.health.state != "ok"
-                else logging.INFO, state=self.health.state, was=before,
-                reason=self.health.reason)
+        self._note_change(before, self.health.reason)
         self._pending.append(values)
         if len(self._pending) >= self.cfg.history_every:
             rows = [(now, name, sum(p[name] for p in self._pending) / len(self._pending))
@@ -111,12 +107,18 @@ class Monitor:
         """A job ended here (the runner calls this at once)."""
         before = self.health.state
         self.health.outcome(time.time(), ok)
-        if self.health.state != before:
-            self.changed = True
-            log(logger, "health.changed", logging.WARNING if self.health.state != "ok"
-                else logging.INFO, state=self.health.state, was=before,
-                reason=self.health.reason + ("; it claims no jobs until its probes pass"
-                                             if self.health.state == "failing" else ""))
+        self._note_change(before, self.health.reason + (
+            "; it claims no jobs until its probes pass"
+            if self.health.state == "failing" else ""))
+
+    def _note_change(self, before: str, reason: str) -> bool:
+        """Log a change of state and have the node record say it soon."""
+        if self.health.state == before:
+            return False
+        self.changed = True
+        log(logger, "health.changed", logging.WARNING if self.health.state != "ok"
+            else logging.INFO, state=self.health.state, was=before, reason=reason)
+        return True
 
     def claim_limit(self, free_cores: int) -> int:
         """Jobs this node claims at most: none while failing (probes let it back),
@@ -149,11 +151,8 @@ class Monitor:
         self.counters["probes_passed" if ok else "probes_failed"] += 1
         log(logger, "health.probe", logging.INFO if ok else logging.WARNING, ok=ok,
             state=self.health.state, reason=why)
-        if self.health.state != before:
-            self.changed = True
-            log(logger, "health.changed", state=self.health.state, was=before,
-                reason=f"{self.health.p.recover_after} probes in a row passed; "
-                       f"it claims jobs again")
+        if self._note_change(before, f"{self.health.p.recover_after} probes in a row "
+                                     f"passed; it claims jobs again"):
             self.node.worker.wake()
 
     def summary(self) -> dict[str, Any]:
