@@ -229,18 +229,39 @@ def _scan_proc(leaders: set[int], skip: frozenset[int] = frozenset()
     if not leaders:
         return found
     for pid in _descendants(skip):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-            # "pid (comm) state ppid pgrp session ..."; comm may hold anything.
-            rest = data[data.rindex(b")") + 2:].split()
-            proc = _Proc(pid, int(rest[1]), rest[0].decode(), int(rest[2]),
-                         int(rest[3]), int(rest[21]))
-        except (OSError, ValueError, IndexError):
+        proc = _read_stat(pid)
+        if proc is None:
             continue  # gone meanwhile
         key = proc.pgid if proc.pgid in leaders else proc.sid
         if key in found:
             found[key].append(proc)
+    return found
+
+
+def _read_stat(pid: int) -> _Proc | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        # "pid (comm) state ppid pgrp session ..."; comm may hold anything.
+        rest = data[data.rindex(b")") + 2:].split()
+        return _Proc(pid, int(rest[1]), rest[0].decode(), int(rest[2]),
+                     int(rest[3]), int(rest[21]))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _scan_all(leader: int) -> list[_Proc]:
+    """Every process of the machine in the leader's group or session.
+
+    The children lists that ``_descendants`` reads may miss a process that is being
+    re-parented at that moment (procfs documents them as reliable only for stopped
+    children), so a job is declared gone only after this slower, complete look."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            proc = _read_stat(int(name))
+            if proc is not None and leader in (proc.pgid, proc.sid):
+                found.append(proc)
     return found
 
 
@@ -612,6 +633,7 @@ class Executor:
         from (the common case, a job whose processes are all gone, needs no other)."""
         assert job.process is not None
         me, leader = os.getpid(), job.process.pid
+        checked = False
         while True:
             if members is None:
                 members = self._members(job, fresh=True)
@@ -619,10 +641,13 @@ class Executor:
             left = [p for p in members
                     if (p.pid != leader or leader_too)
                     and not (p.dead and (p.ppid != me or p.pid == leader))]
+            if not left and not checked:
+                members, checked = _scan_all(leader), True
+                continue
             if not left:
                 return
             await trio.sleep(REAP_INTERVAL)
-            members = None
+            members, checked = None, False
 
     async def _finish(self, job: _Job) -> RunResult:
         """Kill what is left of the job, reap it, build the result. Called shielded."""
