@@ -118,13 +118,14 @@ class Node:
         self.data = DataService(self)
         self.monitor = Monitor(self)
         self.queue.inputs = self.data.check_inputs
+        self.queue.nodes_seen = self.membership.nodes_seen
         self.runner = JobRunner(self.executor, cfg.capacity.disk_gb * 1024, self.data)
         self.worker = Worker(grid, self.membership, self.pool, cert.name, frozenset(cfg.labels),
                              self.runner.capacity, self.runner.run, self.runner.kill,
                              heartbeat_interval=cfg.queue.lease_duration / 4)
         table = {**methods(self), **self.job_service.methods(), **job_methods(self),
                  **self.data.methods()}
-        self.worker.claim_limit = self.monitor.claim_limit
+        self.worker.claim_plan = self.monitor.claim_plan
         self.runner.on_outcome = self.monitor.outcome
         if "queue" in self.roles:
             table.update(queue_methods(self.queue))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from overlay import BadMessage, CallContext, GridInfo, Method, RpcError, bad_request, packb
 from overlay import unpackb_untrusted as unpack
-from steering import Capacity, Failure, JobRecord, Slot
+from steering import Capacity, Failure, JobRecord, NodeSeen, Slot, node_state
 
 from .executor import Executor, RunSpec, StageOutError
 from .logs import log
@@ -73,6 +73,20 @@ class NodeMembership:
         return out
 
 
+    def nodes_seen(self) -> list[NodeSeen]:
+        """The compute nodes as their newest records say (this one: now), ok ones and
+        those with the most free slots first; for the queue's placement notes."""
+        out = []
+        for node_id in self.node.capacities:
+            if node_id in self.node.revocations.revoked:
+                continue
+            health = (self.node.monitor.summary() if node_id == self.me
+                      else self.node.health.get(node_id))
+            out.append(NodeSeen(node_id, *node_state(health)))
+        rank = {"ok": 0, "congested": 1, "": 2, "failing": 3}
+        return sorted(out, key=lambda n: (rank[n.state], -n.slots_free, n.node_id))
+
+
 @dataclass
 class SlotStore:
     state: Any
@@ -106,6 +120,7 @@ class JobRunner:
         self.disk_mb = disk_mb
         self.data = data
         self.outcomes: Counter[str] = Counter()  # jobs that ended here: ok, failed
+        self.staging = 0  # jobs still staging their input datasets in
         # Told of each outcome at once (the monitor's classifier): a node that fails
         # every job stops claiming after a few, not after the next sample.
         self.on_outcome: Callable[[bool], None] | None = None
@@ -136,8 +151,12 @@ class JobRunner:
         stage_in = None
         if spec.inputs:
             async def stage_in(sandbox: Path) -> None:
-                await self.data.stage_in(spec.inputs, rec.job.user.name, rec.job.hex_id,
-                                         sandbox)
+                self.staging += 1
+                try:
+                    await self.data.stage_in(spec.inputs, rec.job.user.name, rec.job.hex_id,
+                                             sandbox)
+                finally:
+                    self.staging -= 1
         result = await self.executor.run(RunSpec(
             job_id=rec.job.hex_id, attempt=rec.attempt, argv=argv, env=dict(spec.env),
             cores=spec.cores, memory_mb=spec.memory_mb, walltime_s=float(spec.walltime_s)),

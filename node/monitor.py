@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from steering import Classifier, HealthParams
+from steering import BrokerParams, ClaimPlan, Classifier, HealthParams, NodeView, claim
 
 from .config import parse_hostport
 from .executor import ExecutorError, RunSpec
@@ -51,6 +51,8 @@ class Monitor:
         self.series: dict[str, deque[tuple[float, float]]] = {
             name: deque(maxlen=self.cfg.window) for name in SAMPLES}
         self.health = Classifier(HealthParams(), time.time())
+        self.broker = BrokerParams()
+        self._cpu_bound = True  # the last pressure sample came from the CPU, not the disk
         self._pending: list[dict[str, float]] = []
         self.metrics_url: str | None = None
         self.changed = False  # the health state changed since the record was published
@@ -67,7 +69,9 @@ class Monitor:
         # Pressure on a node: its CPU oversubscribed (a load of 1 per core is busy, not
         # congested: it counts 0.5; 2 per core counts 1), or its disk filling.
         disk = shutil.disk_usage(self.node.datadir.root)
-        pressure = max(min(2.0, load / 2), 1 - disk.free / disk.total if disk.total else 0.0)
+        used = 1 - disk.free / disk.total if disk.total else 0.0
+        pressure = max(min(2.0, load / 2), used)
+        self._cpu_bound = min(2.0, load / 2) >= used
         self.health.sample(now, pressure)
         return {"slots_total": float(ex.cores), "slots_free": float(free_cores),
                 "jobs_running": float(len(ex.running())), "load": round(load, 3),
@@ -120,14 +124,29 @@ class Monitor:
             else logging.INFO, state=self.health.state, was=before, reason=reason)
         return True
 
-    def claim_limit(self, free_cores: int) -> int:
-        """Jobs this node claims at most: none while failing (probes let it back),
-        half its free cores while congested, else one per free core (at most 64)."""
-        if self.health.state == "failing":
-            return 0
-        if self.health.state == "congested":
-            return max(1, free_cores // 2) if free_cores >= 1 else 0
-        return min(free_cores, 64)
+    def claim_plan(self, free_cores: int) -> ClaimPlan:
+        """What this node claims for ``free_cores``: the brokerage's rule (b)
+        (``steering.claim``) fed with its classifier.  ok: one job per free core;
+        congested: of those, few with input datasets to stage in, and when the
+        pressure is its CPU rather than its disk, at most half its free cores (the
+        rule caps what loads the congested resource); failing: nothing (the
+        monitor's probes let it back)."""
+        cores = max(1, self.node.executor.cores)
+        free = max(0, min(free_cores, cores, 64))
+        t = self.health.trend
+        view = NodeView(self.health.state, t.prediction, t.slope, free, cores,
+                        min(self.node.runner.staging, 1 << 20))
+        c = claim(view, self.broker)
+        jobs, why = c.jobs, {"ok": f"ok: one job per free core, {free} free",
+                             "failing": "failing: no jobs until its probes pass"
+                             }.get(view.state, "")
+        if view.state == "congested":
+            why = (f"congested (pressure predicted {t.prediction:.2f}): at most "
+                   f"{c.stage_ins} stage-ins, {view.staging} staging now")
+            if self._cpu_bound:
+                jobs = min(jobs, max(1, free // 2)) if free else 0
+                why += f"; its CPU is the pressure: at most {jobs} of {free} free cores"
+        return ClaimPlan(jobs, min(c.stage_ins, jobs), view.state, why)
 
     async def probe(self) -> None:
         """A tiny job through the local executor, as a user's job would run; its

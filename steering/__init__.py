@@ -8,6 +8,7 @@ from .brokerage import (
     BrokerError,
     BrokerParams,
     NodeView,
+    Source,
     claim,
     match,
     pick_source,
@@ -19,15 +20,17 @@ from .homeset import DEFAULT_R, Slot, home_set
 from .job import JobSpec, SignedJob, SpecError, parse_job_id
 from .jobs import JobService
 from .matching import Capacity, Offer
+from .placement import NodeSeen, Placement, node_state
 from .queue import Membership, QueueConfig, QueueNode, SlotStore
 from .queue_rpc import queue_methods
 from .record import FINAL, MAX_OUTPUTS, STATES, Failure, JobRecord
-from .worker import Worker
+from .worker import ClaimPlan, Worker
 
 __all__ = [
     "BrokerError",
     "BrokerParams",
     "NodeView",
+    "Source",
     "claim",
     "match",
     "pick_source",
@@ -54,6 +57,10 @@ __all__ = [
     "SlotStore",
     "SpecError",
     "Worker",
+    "ClaimPlan",
+    "NodeSeen",
+    "Placement",
+    "node_state",
     "home_set",
     "parse_job_id",
     "queue_methods",

@@ -36,6 +36,13 @@ class Offer:
     disk_mb: int
     labels: frozenset[str] = frozenset()
     max_jobs: int = 8
+    # Of those, at most this many jobs with input datasets (None: max_jobs): a
+    # congested worker takes few stage-ins (steering.brokerage.claim, rule b).
+    max_stage_ins: int | None = None
+    # The worker's health state and the reason for its claim size, for the
+    # placement note (steering.placement); "" when it did not say.
+    state: str = ""
+    why: str = ""
 
 
 def fits(spec: JobSpec, *, site: str, labels: frozenset[str], cores: int, memory_mb: int,
@@ -164,6 +171,7 @@ class MatchQueue:
         cores, memory, disk = offer.cores, offer.memory_mb, offer.disk_mb
         counts = dict(running)
         taken: set[bytes] = set()
+        moves = offer.max_jobs if offer.max_stage_ins is None else offer.max_stage_ins
         for priority in sorted(self._by_priority, reverse=True):
             users = self._by_priority[priority]
             exhausted: set[bytes] = set()
@@ -176,6 +184,7 @@ class MatchQueue:
                         continue
                     window = jobs.window(SCAN_PER_USER + len(taken))
                     head = next((e for e in window if e.job_id not in taken
+                                 and (moves > 0 or not e.spec.inputs)
                                  and fits(e.spec, site=offer.site, labels=offer.labels,
                                           cores=cores, memory_mb=memory, disk_mb=disk)), None)
                     if head is None:
@@ -188,6 +197,8 @@ class MatchQueue:
                     break
                 picked.append(best)
                 taken.add(best.job_id)
+                if best.spec.inputs:
+                    moves -= 1
                 counts[best.user] = counts.get(best.user, 0) + 1
                 cores -= best.spec.cores
                 memory -= best.spec.memory_mb

@@ -36,8 +36,9 @@ from .homeset import (
     on_prepare,
 )
 from .job import SignedJob, job_id_of
-from .matching import Capacity, Entry, MatchQueue, Offer, schedulable
+from .matching import Capacity, Entry, MatchQueue, Offer, fits_offer, schedulable
 from .outbox import Outbox
+from .placement import MAX_NEXT, MAX_NODES, MAX_WHY, NodeSeen, Passed, Placement, placed, rule_text
 from .record import (
     Event,
     Failure,
@@ -134,6 +135,8 @@ class QueueNode:
     # How the node judges a job's inputs: (spec.inputs, user name) -> ("ready" |
     # "waiting" | "missing", why). None: a node without datasets activates nothing.
     inputs: InputCheck | None = None
+    # The other compute nodes as their records say (for placement notes); None: unknown.
+    nodes_seen: Callable[[], list[NodeSeen]] | None = None
 
     def __post_init__(self) -> None:
         # Writes to one home member that wait while a write to it is on its way
@@ -405,26 +408,66 @@ class QueueNode:
         return out
 
     async def claim(self, offer: Offer) -> list[JobRecord]:
-        """Lease jobs that fit ``offer`` to its worker."""
+        """Lease jobs that fit ``offer`` to its worker, each with a placement note."""
         picked = self.match.pick(offer, dict(self.running))
         now = time.time()
         grants = []
+        counts = dict(self.running)  # fair share as the matcher counted it, pick by pick
         for e in picked:
             rec = self.slots[e.job_id].record
+            user_running = counts.get(e.user, 0)
+            counts[e.user] = user_running + 1
             if rec is None or rec.state != "activated" or e.job_id not in self.leading:
                 self.match.remove(e.job_id)
                 continue
-            grants.append(grant(rec, offer.worker, epoch=self.leading[e.job_id], now=now,
-                                duration=self.config.lease_duration))
+            new = grant(rec, offer.worker, epoch=self.leading[e.job_id], now=now,
+                        duration=self.config.lease_duration)
+            grants.append((new, e.priority, user_running))
             self.match.remove(e.job_id)  # not handed out twice while the write is on its way
-        oks = await self._commit(grants, "lease")
-        leased = [r for r, ok in zip(grants, oks, strict=True) if ok]
-        for r, ok in zip(grants, oks, strict=True):
+        if grants:
+            grants = self._noted(offer, grants, now, counts)
+        records = [r for r, _, _ in grants]
+        oks = await self._commit(records, "lease")
+        leased = [r for r, ok in zip(records, oks, strict=True) if ok]
+        for r, ok in zip(records, oks, strict=True):
             current = self.slots[r.job_id].record
             if not ok and r.job_id in self.leading and current is not None:
                 self._track(current)  # back in the matcher, or on a lease timer
         self.counters["jobs_leased"] += len(leased)
         return leased
+
+    def _noted(self, offer: Offer, grants: list[tuple[JobRecord, int, int]], now: float,
+               running: dict[bytes, int]) -> list[tuple[JobRecord, int, int]]:
+        """The grants with a placement note each (steering.placement): the worker's
+        claim, the rule that picked the job, the jobs next in line, the other nodes."""
+        queued = len(self.match)
+        passed: tuple[Passed, ...] = ()
+        if queued:  # the jobs next in line that each fit the offer (bounded: MAX_NEXT)
+            room = replace(offer, max_jobs=MAX_NEXT, cores=offer.cores * MAX_NEXT,
+                           memory_mb=offer.memory_mb * MAX_NEXT, disk_mb=offer.disk_mb * MAX_NEXT)
+            nxt, counts = [], dict(running)
+            for e in self.match.pick(room, running):
+                if fits_offer(e.spec, offer):
+                    nxt.append((e, counts.get(e.user, 0)))
+                counts[e.user] = counts.get(e.user, 0) + 1
+            passed = tuple(Passed(e.job_id, e.priority, n, max(0.0, now - e.submitted))
+                           for e, n in nxt)
+        nodes: tuple[NodeSeen, ...] = ()
+        if self.nodes_seen is not None:
+            nodes = tuple(n for n in self.nodes_seen() if n.node_id != offer.worker
+                          )[:MAX_NODES]
+        stage_ins = offer.max_jobs if offer.max_stage_ins is None else offer.max_stage_ins
+        out = []
+        for rec, priority, user_running in grants:
+            note = Placement(
+                rec.attempt, now, offer.worker, offer.state, offer.cores, offer.max_jobs,
+                stage_ins, offer.why[:MAX_WHY],
+                rule_text(priority=priority, user=rec.job.user.name, user_running=user_running,
+                          age_s=max(0.0, now - rec.job.submitted), queued=queued),
+                queued, passed, nodes)
+            out.append((replace(rec, placements=placed(rec.placements, note)), priority,
+                        user_running))
+        return out
 
     def heartbeat(self, worker: bytes, leases: list[tuple[bytes, int]]) -> dict[bytes, Any]:
         """Renew leases; per job: its current epoch, or why it is no longer held."""

@@ -8,6 +8,7 @@ from overlay import BadMessage, CallContext, Method, RpcError, bad_request
 
 from .job import SignedJob
 from .matching import Offer
+from .placement import HEALTH_STATES, MAX_WHY
 from .queue import MAX_BATCH, QueueNode
 from .record import MAX_OUTPUTS, Failure, JobRecord, Report, within_budget
 
@@ -158,14 +159,23 @@ def _offer(worker: bytes, args: Any) -> Offer:
         labels = args.get("labels", [])
         if not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
             raise TypeError
+        stage_ins = args.get("max_stage_ins")
+        state, why = args.get("state", ""), args.get("why", "")
+        if not (isinstance(state, str) and isinstance(why, str)):
+            raise TypeError
         offer = Offer(worker, str(args["site"]), int(args["cores"]), int(args["memory_mb"]),
-                      int(args["disk_mb"]), frozenset(labels), int(args.get("max_jobs", 8)))
+                      int(args["disk_mb"]), frozenset(labels), int(args.get("max_jobs", 8)),
+                      None if stage_ins is None else int(stage_ins), state, why[:MAX_WHY])
     except (KeyError, TypeError, ValueError):
         raise bad_request("offer needs site, cores, memory_mb, disk_mb, labels, max_jobs"
                           ) from None
     if not (0 <= offer.cores <= 1 << 20 and 0 <= offer.memory_mb and 0 <= offer.disk_mb
             and 1 <= offer.max_jobs <= 256):
         raise bad_request("offer out of range")
+    if offer.max_stage_ins is not None and not 0 <= offer.max_stage_ins <= offer.max_jobs:
+        raise bad_request("max_stage_ins must be 0 to max_jobs")
+    if offer.state not in HEALTH_STATES:
+        raise bad_request(f"state must be one of ok, congested, failing, got {offer.state!r}")
     return offer
 
 

@@ -37,6 +37,7 @@ from typing import Any
 from overlay import GridInfo, expect
 
 from .job import SignedJob
+from .placement import MAX_PLACEMENTS, Placement
 
 STATES = ("defined", "activated", "running", "transferring", "finished", "failed", "cancelled")
 FINAL = frozenset({"finished", "failed", "cancelled"})
@@ -111,6 +112,8 @@ class JobRecord:
     # reported them (file manifests in the wire form of replication.manifest,
     # checked by whoever reads them); held by the node of the final event.
     outputs: tuple[Any, ...] = ()
+    # Why each recent attempt went where it went (steering.placement), the last few.
+    placements: tuple[Placement, ...] = ()
 
     @property
     def job_id(self) -> bytes:
@@ -129,7 +132,8 @@ class JobRecord:
                 [[e.time, e.state, e.reason, e.node] for e in self.history],
                 None if f is None else [f.code, f.diagnosis, f.exit_code, f.signal,
                                         list(f.stderr_tail), f.node],
-                self.version, list(self.outputs)]
+                self.version, list(self.outputs)] + (
+                    [[p.to_wire() for p in self.placements]] if self.placements else [])
 
     @classmethod
     def from_wire_untrusted(cls, data: Any, grid: GridInfo, *, stored: bool = False,
@@ -138,9 +142,12 @@ class JobRecord:
         """Decode a record from a peer (or, ``stored``, from our own state file).
 
         ``known`` returns the checked job for signed bytes we already hold, if any."""
-        expect(isinstance(data, list) and len(data) in (8, 9), "bad job record")
+        expect(isinstance(data, list) and len(data) in (8, 9, 10), "bad job record")
         raw, home, state, attempt, lease, history, failure, version = data[:8]
-        outputs = data[8] if len(data) == 9 else []
+        outputs = data[8] if len(data) >= 9 else []
+        notes = data[9] if len(data) == 10 else []
+        expect(isinstance(notes, list) and len(notes) <= MAX_PLACEMENTS, "bad placements")
+        placements = tuple(Placement.from_wire_untrusted(n) for n in notes)
         expect(isinstance(outputs, list) and len(outputs) <= MAX_OUTPUTS
                and all(isinstance(o, list) for o in outputs), "bad outputs")
         expect(isinstance(raw, bytes), "bad job bytes")
@@ -178,7 +185,7 @@ class JobRecord:
                    and isinstance(n, bytes) and len(n) <= 20, "bad failure fields")
             failure_v = Failure(c, dg, ec, sg, tuple(tail), n)
         return cls(job, tuple(home), state, attempt, lease_v, tuple(events), failure_v, version,
-                   tuple(outputs))
+                   tuple(outputs), placements)
 
 
 # A listing answers with at most this many bytes of records (a frame is 1 MiB).
@@ -190,7 +197,7 @@ def within_budget(records: list[Any], budget: int = LIST_BUDGET) -> list[Any]:
     used = 0
     for i, rec in enumerate(records):
         r = rec[-1] if isinstance(rec, tuple) else rec
-        used += len(r.job.raw) + 120 * (len(r.history) + 2)
+        used += len(r.job.raw) + 120 * (len(r.history) + 2) + 800 * len(r.placements)
         if used > budget:
             return records[:i]
     return records

@@ -44,6 +44,16 @@ class Held:
     ended: bool = False  # its processes are gone and its slots free: only the report is left
 
 
+@dataclass(frozen=True)
+class ClaimPlan:
+    """What the node claims now (steering.brokerage.claim) and why, for its offer."""
+
+    jobs: int           # jobs at most
+    stage_ins: int      # of which at most this many with input datasets
+    state: str = ""     # the node's health state
+    why: str = ""       # the reason, kept in each placement note
+
+
 # Runs a leased job: (ok, failure, output file manifests in wire form).
 RunJob = Callable[[JobRecord], Awaitable[tuple[bool, Failure | None, list[Any]]]]
 
@@ -66,9 +76,9 @@ class Worker:
     _wake: trio.Event = field(default_factory=trio.Event)
     # This node's own queue methods, called without the network (None: it has none).
     local: Callable[[str, Any], Awaitable[Any]] | None = None
-    # Jobs to claim at most for so many free cores (the node's steering: fewer when
-    # congested, none when failing); None: one per free core, at most 64.
-    claim_limit: Callable[[int], int] | None = None
+    # What to claim for so many free cores (the node's steering: fewer stage-ins when
+    # congested, nothing when failing); None: one job per free core, at most 64.
+    claim_plan: Callable[[int], ClaimPlan] | None = None
 
     def __post_init__(self) -> None:
         self._reports = Outbox(self._send_reports, MAX_BATCH)
@@ -119,11 +129,18 @@ class Worker:
         started = 0
         for q in queues[:QUEUES_PER_ROUND]:
             cores, memory, disk = self.free()
-            limit = min(cores, 64) if self.claim_limit is None else self.claim_limit(cores)
-            if cores < 1 or limit < 1:
+            if cores < 1:
+                break
+            plan = (ClaimPlan(min(cores, 64), min(cores, 64)) if self.claim_plan is None
+                    else self.claim_plan(cores))
+            limit = min(plan.jobs, 64)
+            if limit < 1:
                 break
             offer = {"site": self.site, "cores": cores, "memory_mb": memory, "disk_mb": disk,
-                     "labels": sorted(self.labels), "max_jobs": limit}
+                     "labels": sorted(self.labels), "max_jobs": limit,
+                     "max_stage_ins": max(0, min(plan.stage_ins, limit))}
+            if plan.state:
+                offer.update(state=plan.state, why=plan.why[:200])
             try:
                 answer = await self._call(q, "queue.claim", offer)
             except RpcError as exc:
