@@ -32,7 +32,15 @@ from .cli_common import Parser, parse_node_id, print_result, remote
 from .cli_data import add_parsers as add_data_parsers
 from .cli_data import cmd_datasets, cmd_get, cmd_ls, cmd_put, cmd_replicas
 from .cli_jobs import add_parsers as add_job_parsers
-from .cli_jobs import cmd_cancel, cmd_jobs, cmd_logs, cmd_submit, cmd_wait, job_status
+from .cli_jobs import (
+    cmd_cancel,
+    cmd_explain,
+    cmd_jobs,
+    cmd_logs,
+    cmd_submit,
+    cmd_wait,
+    job_status,
+)
 from .client import Client
 from .config import Config, load_config, render_config
 from .datadir import DataDir, default_data_dir, read_grid_info, read_node_cert, write_atomic
@@ -552,6 +560,7 @@ COMMANDS = {
     ("whoami",): cmd_whoami,
     ("submit",): cmd_submit,
     ("jobs",): cmd_jobs,
+    ("explain",): cmd_explain,
     ("logs",): cmd_logs,
     ("wait",): cmd_wait,
     ("cancel",): cmd_cancel,

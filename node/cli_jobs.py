@@ -1,4 +1,4 @@
-"""The job commands: submit, jobs, status JOB, logs, wait, cancel."""
+"""The job commands: submit, jobs, status JOB, explain, logs, wait, cancel."""
 
 from __future__ import annotations
 
@@ -50,6 +50,10 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser],
     q.add_argument("--user", help="only jobs of this user (name)")
     q.add_argument("--task", help="only jobs of this task (id)")
     q.add_argument("--limit", type=int, default=1000)
+
+    q = sub.add_parser("explain", parents=parents + [as_json],
+                       help="where a job went and why, attempt by attempt")
+    q.add_argument("job")
 
     q = sub.add_parser("logs", parents=parents, help="a job's stdout (or --stderr)")
     q.add_argument("job")
@@ -221,6 +225,15 @@ def job_status(args: argparse.Namespace) -> int:
     lines += [f"  {_when(e['time'])}  {e['state']:<12} {e['reason']}"
               + (f"  [{e['node'][:12]}]" if e["node"] else "") for e in v["history"]]
     print_result(v, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain_text
+
+    job_id = _job_arg(args.job)
+    view = remote(args, lambda c: c.explain(job_id))
+    print_result(view, args.json, explain_text(view))
     return 0
 
 

@@ -193,6 +193,12 @@ class Client(DataClient):
     async def job(self, job_id: bytes) -> JobRecord:
         return self._record(await self.call("job.get", {"job": job_id}, timeout=30))
 
+    async def explain(self, job_id: bytes) -> dict[str, Any]:
+        """Where the job went and why, attempt by attempt (``gridnode explain``)."""
+        from .explain import explain_view
+
+        return explain_view(await self.job(job_id))
+
     async def jobs(self, *, state: str | None = None, user: str | None = None,
                    task: str | None = None, limit: int = 1000) -> list[JobRecord]:
         query: dict[str, Any] = {"limit": limit}

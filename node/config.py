@@ -63,6 +63,9 @@ class Capacity:
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     memory_mb: int = 1024
     disk_gb: int = 10
+    # Testing only: seconds each job holds its slot before it starts, to make a slow
+    # node on purpose (tests/integration/test_steering_slow.py). 0 on a real site.
+    start_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -279,6 +282,9 @@ def validate(cfg: Config) -> Config:
                           "queue.unschedulable_after and queue.repair_after positive")
     if cfg.capacity.cores < 0 or any(not 0 < len(x) <= 128 for x in cfg.labels):
         raise ConfigError("capacity.cores must not be negative and labels 1-128 characters")
+    if not (math.isfinite(cfg.capacity.start_delay) and 0 <= cfg.capacity.start_delay <= 3600):
+        raise ConfigError("capacity.start_delay must be 0-3600 seconds (testing only: 0 on a "
+                          "real site)")
     st = cfg.storage
     if not 1 <= st.catalog_replicas <= 15 or st.announce_interval < 1:
         raise ConfigError("storage.catalog_replicas must be 1-15 and storage.announce_interval "

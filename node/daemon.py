@@ -119,7 +119,8 @@ class Node:
         self.monitor = Monitor(self)
         self.queue.inputs = self.data.check_inputs
         self.queue.nodes_seen = self.membership.nodes_seen
-        self.runner = JobRunner(self.executor, cfg.capacity.disk_gb * 1024, self.data)
+        self.runner = JobRunner(self.executor, cfg.capacity.disk_gb * 1024, self.data,
+                                cfg.capacity.start_delay)
         self.worker = Worker(grid, self.membership, self.pool, cert.name, frozenset(cfg.labels),
                              self.runner.capacity, self.runner.run, self.runner.kill,
                              heartbeat_interval=cfg.queue.lease_duration / 4)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from overlay import BadMessage, CallContext, GridInfo, Method, RpcError, bad_request, packb
 from overlay import unpackb_untrusted as unpack
 from steering import Capacity, Failure, JobRecord, NodeSeen, Slot, node_state
@@ -115,8 +117,10 @@ class SlotStore:
 class JobRunner:
     """Runs leased jobs with the local executor."""
 
-    def __init__(self, executor: Executor, disk_mb: int, data: DataService) -> None:
+    def __init__(self, executor: Executor, disk_mb: int, data: DataService,
+                 start_delay: float = 0.0) -> None:
         self.executor = executor
+        self.start_delay = start_delay  # testing only: a slow node (capacity.start_delay)
         self.disk_mb = disk_mb
         self.data = data
         self.outcomes: Counter[str] = Counter()  # jobs that ended here: ok, failed
@@ -126,6 +130,8 @@ class JobRunner:
         self.on_outcome: Callable[[bool], None] | None = None
 
     async def run(self, rec: JobRecord) -> tuple[bool, Failure | None, list[Any]]:
+        if self.start_delay:
+            await trio.sleep(self.start_delay)  # the job holds its slot meanwhile
         try:
             outcome = await self._run(rec)
         except Exception:
@@ -241,8 +247,6 @@ def _log_args(args: Any) -> tuple[bytes, int, str, bool]:
 
 
 async def _read(path: Path, chunk: int = 64 * 1024) -> AsyncIterator[bytes]:
-    import trio
-
     async with await trio.open_file(path, "rb") as f:
         while data := await f.read(chunk):
             yield data
