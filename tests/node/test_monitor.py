@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 import sqlite3
 import urllib.request
@@ -9,6 +10,7 @@ import urllib.request
 import trio
 
 from node.config import Config, MonitorSection
+from steering import Classifier, HealthParams
 from tests.conftest import make_grid
 from tests.node.test_jobs import grid_of, until
 
@@ -80,3 +82,37 @@ def test_auto_metrics_address_follows_the_listen_port():
     assert cfg.metrics_address(65000) == "127.0.0.1:0"
     off = Config(monitor=MonitorSection(metrics_listen=""))
     assert off.metrics_address(7400) == ""
+
+
+async def test_claims_follow_the_brokerage_claim_rule(short_tmp):
+    dirs = make_grid(short_tmp, 1)
+    async with trio.open_nursery() as nursery:
+        [node] = await grid_of(nursery, dirs, capacity={"cores": 8},
+                               monitor={"interval": 3600.0, "metrics_listen": ""})
+        mon = node.monitor
+        mon.health = Classifier(HealthParams(), 0.0)  # judged afresh, not by this machine
+        plan = mon.claim_plan(8)
+        assert (plan.jobs, plan.stage_ins, plan.state) == (8, 8, "ok")
+        assert mon.claim_plan(3).jobs == 3
+
+        for t in range(4):  # pressure high and level: congested
+            mon.health.sample(float(t), 1.5)
+        assert mon.health.state == "congested"
+        cap = math.ceil(8 * 0.25 * (0.5 if mon.health.trend.slope > 0 else 1.0))
+        mon._cpu_bound = False  # the disk is the pressure: jobs without inputs still fill
+        plan = mon.claim_plan(8)
+        assert (plan.jobs, plan.stage_ins, plan.state) == (8, cap, "congested")
+        node.runner.staging = cap  # as many staging in as it may: no further stage-in
+        plan = mon.claim_plan(8)
+        assert (plan.jobs, plan.stage_ins) == (8, 0) and "at most 0 stage-ins" in plan.why
+        node.runner.staging = 0
+        mon._cpu_bound = True  # its CPU is the pressure: half its free cores
+        plan = mon.claim_plan(8)
+        assert plan.jobs == 4 and plan.stage_ins == min(cap, 4) and "CPU" in plan.why
+
+        for t in range(5):  # every job fails: failing claims nothing
+            mon.health.outcome(10.0 + t, False)
+        assert mon.health.state == "failing"
+        plan = mon.claim_plan(8)
+        assert (plan.jobs, plan.stage_ins, plan.state) == (0, 0, "failing")
+        nursery.cancel_scope.cancel()
