@@ -66,6 +66,7 @@ from .executor import StageInError, StageOutError
 from .logs import log
 from .outputs import OutputView, task_of
 from .replicas import ReplicaService
+from .sources import fetch_from
 
 if TYPE_CHECKING:
     from .daemon import Node
@@ -259,7 +260,7 @@ class DataService:
                 log(logger, "transfer.started", dataset=name, chunks=len(need),
                     holders=len(holders), reason=why)
                 try:
-                    stats = await self.fetcher.fetch(need, holders)
+                    stats = await fetch_from(self, need, holders, name)
                 except FetchError as exc:
                     self.counters["transfers_failed"] += 1
                     log(logger, "transfer.failed", logging.WARNING, dataset=name,

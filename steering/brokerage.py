@@ -62,6 +62,7 @@ __all__ = [
     "choose",
     "claim",
     "match",
+    "order_sources",
     "pick_source",
     "predicted_finish",
     "rank_workers",
@@ -244,6 +245,12 @@ class Source:
     readers: int = 0            # transfers reading from it now
 
 
+def _source_key(i: int, s: Source) -> tuple[float, ...]:
+    if s.on_node:
+        return (0, i)
+    return (1, source_rank(s.state), not s.same_site, -s.rate, s.readers, i)
+
+
 def pick_source(sources: Sequence[Source]) -> int | None:
     """(d) Index of the source to read from, None if there is none."""
     best: int | None = None
@@ -251,7 +258,13 @@ def pick_source(sources: Sequence[Source]) -> int | None:
     for i, s in enumerate(sources):
         if s.on_node:
             return i
-        key = (source_rank(s.state), not s.same_site, -s.rate, s.readers, i)
+        key = _source_key(i, s)
         if best is None or key < best_key:
             best, best_key = i, key
     return best
+
+
+def order_sources(sources: Sequence[Source]) -> list[int]:
+    """(d) Indexes of every source, best first: ``pick_source`` of those not yet taken,
+    again and again (for a fetcher that reads from several sources at once)."""
+    return sorted(range(len(sources)), key=lambda i: _source_key(i, sources[i]))

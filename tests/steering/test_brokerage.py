@@ -16,6 +16,7 @@ from steering.brokerage import (
     choose,
     claim,
     match,
+    order_sources,
     pick_source,
     predicted_finish,
     rank_workers,
@@ -201,6 +202,20 @@ def test_a_congested_source_is_never_picked_while_another_exists(srcs):
     assert k is not None
     if any(s.state != "congested" for s in srcs):
         assert srcs[k].state != "congested"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.builds(Source, state=st.sampled_from(STATES), on_node=st.booleans(),
+                          same_site=st.booleans(), rate=st.floats(0.0, 1e10),
+                          readers=st.integers(0, 50)), max_size=12))
+def test_sources_in_order_begin_with_the_pick_and_put_congested_ones_last(srcs):
+    order = order_sources(srcs)
+    assert sorted(order) == list(range(len(srcs)))
+    assert (order[0] if order else None) == pick_source(srcs)
+    remote = [srcs[i].state == "congested" for i in order if not srcs[i].on_node]
+    assert remote == sorted(remote)  # not congested, then congested
+    assert order_sources([Source("congested", rate=9.0), Source("ok", rate=1.0),
+                          Source("ok", rate=5.0)]) == [2, 1, 0]
 
 
 # -- parameters ------------------------------------------------------------------------------
