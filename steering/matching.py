@@ -4,7 +4,8 @@ Order, as the issue asks: a job must fit the offer (resources, sites,
 labels); among those, higher priority first; within a priority, the user
 with the fewest jobs running (counting the ones picked in this round)
 first — fair share, so one user's 10,000 jobs do not starve another's 10;
-then the oldest job.
+then the oldest job.  An offer may allow fewer jobs with input datasets
+than jobs (``max_stage_ins``: a congested worker, steering.brokerage rule b).
 
 :class:`MatchQueue` keeps the activated jobs of one queue node indexed by
 priority and user, each user's jobs in submit order, so a claim looks at a
