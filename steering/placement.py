@@ -26,7 +26,7 @@ from typing import Any
 
 from overlay import expect
 
-MAX_PLACEMENTS = 8
+MAX_PLACEMENTS = 4  # about 500 bytes each: a record grows by 2 KB at most
 MAX_NEXT = 3
 MAX_NODES = 4
 MAX_WHY = 200
