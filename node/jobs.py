@@ -45,6 +45,8 @@ class NodeMembership:
     node: Node
     _last_ok: dict[bytes, float] = field(default_factory=dict)
     _last_fail: dict[bytes, float] = field(default_factory=dict)
+    _seen: list[NodeSeen] = field(default_factory=list)
+    _seen_at: float = float("-inf")
 
     @property
     def me(self) -> bytes:
@@ -77,7 +79,11 @@ class NodeMembership:
 
     def nodes_seen(self) -> list[NodeSeen]:
         """The compute nodes as their newest records say (this one: now), ok ones and
-        those with the most free slots first; for the queue's placement notes."""
+        those with the most free slots first; for the queue's placement notes.  Worked
+        out at most once a second: claims come much more often than records change."""
+        now = time.monotonic()
+        if now - self._seen_at < 1.0:
+            return self._seen
         out = []
         for node_id in self.node.capacities:
             if node_id in self.node.revocations.revoked:
@@ -86,7 +92,9 @@ class NodeMembership:
                       else self.node.health.get(node_id))
             out.append(NodeSeen(node_id, *node_state(health)))
         rank = {"ok": 0, "congested": 1, "": 2, "failing": 3}
-        return sorted(out, key=lambda n: (rank[n.state], -n.slots_free, n.node_id))
+        self._seen_at = now
+        self._seen = sorted(out, key=lambda n: (rank[n.state], -n.slots_free, n.node_id))[:8]
+        return self._seen
 
 
 @dataclass

@@ -411,63 +411,66 @@ class QueueNode:
         """Lease jobs that fit ``offer`` to its worker, each with a placement note."""
         picked = self.match.pick(offer, dict(self.running))
         now = time.time()
-        grants = []
+        chosen: list[tuple[JobRecord, int, int]] = []  # record, priority, user's running
         counts = dict(self.running)  # fair share as the matcher counted it, pick by pick
         for e in picked:
             rec = self.slots[e.job_id].record
             user_running = counts.get(e.user, 0)
             counts[e.user] = user_running + 1
-            if rec is None or rec.state != "activated" or e.job_id not in self.leading:
-                self.match.remove(e.job_id)
-                continue
-            new = grant(rec, offer.worker, epoch=self.leading[e.job_id], now=now,
-                        duration=self.config.lease_duration)
-            grants.append((new, e.priority, user_running))
             self.match.remove(e.job_id)  # not handed out twice while the write is on its way
-        if grants:
-            grants = self._noted(offer, grants, now, counts)
-        records = [r for r, _, _ in grants]
-        oks = await self._commit(records, "lease")
-        leased = [r for r, ok in zip(records, oks, strict=True) if ok]
-        for r, ok in zip(records, oks, strict=True):
+            if rec is not None and rec.state == "activated" and e.job_id in self.leading:
+                chosen.append((rec, e.priority, user_running))
+        grants = []
+        if chosen:
+            context = self._context(offer, now, counts)
+            for rec, priority, user_running in chosen:
+                note = self._note(offer, rec, priority, user_running, now, context)
+                grants.append(grant(rec, offer.worker, epoch=self.leading[rec.job_id], now=now,
+                                    duration=self.config.lease_duration,
+                                    placements=placed(rec.placements, note)))
+        oks = await self._commit(grants, "lease")
+        leased = [r for r, ok in zip(grants, oks, strict=True) if ok]
+        for r, ok in zip(grants, oks, strict=True):
             current = self.slots[r.job_id].record
             if not ok and r.job_id in self.leading and current is not None:
                 self._track(current)  # back in the matcher, or on a lease timer
         self.counters["jobs_leased"] += len(leased)
         return leased
 
-    def _noted(self, offer: Offer, grants: list[tuple[JobRecord, int, int]], now: float,
-               running: dict[bytes, int]) -> list[tuple[JobRecord, int, int]]:
-        """The grants with a placement note each (steering.placement): the worker's
-        claim, the rule that picked the job, the jobs next in line, the other nodes."""
+    def _context(self, offer: Offer, now: float, running: dict[bytes, int]
+                 ) -> tuple[int, tuple[Passed, ...], tuple[NodeSeen, ...]]:
+        """What the placement notes of one claim share: the jobs still queued, the
+        ones next in line that each fit the offer (at most MAX_NEXT), the other nodes."""
         queued = len(self.match)
         passed: tuple[Passed, ...] = ()
-        if queued:  # the jobs next in line that each fit the offer (bounded: MAX_NEXT)
+        if queued:
             room = replace(offer, max_jobs=MAX_NEXT, cores=offer.cores * MAX_NEXT,
                            memory_mb=offer.memory_mb * MAX_NEXT, disk_mb=offer.disk_mb * MAX_NEXT)
             nxt, counts = [], dict(running)
             for e in self.match.pick(room, running):
                 if fits_offer(e.spec, offer):
-                    nxt.append((e, counts.get(e.user, 0)))
+                    nxt.append(Passed(e.job_id, e.priority, counts.get(e.user, 0),
+                                      max(0.0, now - e.submitted)))
                 counts[e.user] = counts.get(e.user, 0) + 1
-            passed = tuple(Passed(e.job_id, e.priority, n, max(0.0, now - e.submitted))
-                           for e, n in nxt)
+            passed = tuple(nxt)
         nodes: tuple[NodeSeen, ...] = ()
         if self.nodes_seen is not None:
             nodes = tuple(n for n in self.nodes_seen() if n.node_id != offer.worker
                           )[:MAX_NODES]
-        stage_ins = offer.max_jobs if offer.max_stage_ins is None else offer.max_stage_ins
-        out = []
-        for rec, priority, user_running in grants:
-            note = Placement(
-                rec.attempt, now, offer.worker, offer.state, offer.cores, offer.max_jobs,
-                stage_ins, offer.why[:MAX_WHY],
-                rule_text(priority=priority, user=rec.job.user.name, user_running=user_running,
-                          age_s=max(0.0, now - rec.job.submitted), queued=queued),
-                queued, passed, nodes)
-            out.append((replace(rec, placements=placed(rec.placements, note)), priority,
-                        user_running))
-        return out
+        return queued, passed, nodes
+
+    @staticmethod
+    def _note(offer: Offer, rec: JobRecord, priority: int, user_running: int, now: float,
+              context: tuple[int, tuple[Passed, ...], tuple[NodeSeen, ...]]) -> Placement:
+        """Why ``rec``'s next attempt goes to ``offer``'s worker (steering.placement)."""
+        queued, passed, nodes = context
+        return Placement(
+            rec.attempt + 1, now, offer.worker, offer.state, offer.cores, offer.max_jobs,
+            offer.max_jobs if offer.max_stage_ins is None else offer.max_stage_ins,
+            offer.why[:MAX_WHY],
+            rule_text(priority=priority, user=rec.job.user.name, user_running=user_running,
+                      age_s=max(0.0, now - rec.job.submitted), queued=queued),
+            queued, passed, nodes)
 
     def heartbeat(self, worker: bytes, leases: list[tuple[bytes, int]]) -> dict[bytes, Any]:
         """Renew leases; per job: its current epoch, or why it is no longer held."""

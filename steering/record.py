@@ -256,12 +256,15 @@ class StaleReport(Exception):
     """A worker's heartbeat or report that no longer matches the job's lease."""
 
 
-def grant(rec: JobRecord, worker: bytes, *, epoch: int, now: float,
-          duration: float) -> JobRecord:
+def grant(rec: JobRecord, worker: bytes, *, epoch: int, now: float, duration: float,
+          placements: tuple[Placement, ...] | None = None) -> JobRecord:
+    """The next attempt leased to ``worker`` (with the record's placement notes, if
+    given: steering.placement)."""
     attempt = rec.attempt + 1
+    extra = {} if placements is None else {"placements": placements}
     return apply(rec, "lease", now=now, node=worker,
                  reason=f"attempt {attempt} leased to {worker.hex()[:12]}",
-                 attempt=attempt, lease=Lease(worker, attempt, epoch, now, duration))
+                 attempt=attempt, lease=Lease(worker, attempt, epoch, now, duration), **extra)
 
 
 def check_lease(rec: JobRecord, worker: bytes, attempt: int) -> Lease:
