@@ -106,3 +106,22 @@ def test_a_wellformed_note_round_trips_and_oversized_lists_are_refused() -> None
         pass
     else:
         raise AssertionError("a note with too many passed jobs was accepted")
+
+
+def test_an_offer_says_its_state_and_why_or_is_refused() -> None:
+    from overlay import RpcError
+    from steering.queue_rpc import _offer
+
+    base = {"site": "s", "cores": 4, "memory_mb": 10, "disk_mb": 10, "labels": [],
+            "max_jobs": 4}
+    o = _offer(WORKER, {**base, "max_stage_ins": 1, "state": "congested", "why": "x" * 999})
+    assert (o.max_stage_ins, o.state, len(o.why)) == (1, "congested", 200)
+    assert _offer(WORKER, base).max_stage_ins is None  # an older worker: no cap
+    for bad in ({"state": "sick"}, {"max_stage_ins": 5}, {"max_stage_ins": -1},
+                {"why": 7}, {"state": None}):
+        try:
+            _offer(WORKER, {**base, **bad})
+        except RpcError as exc:
+            assert exc.code == "bad_request", bad
+        else:
+            raise AssertionError(f"{bad} was accepted")
