@@ -50,6 +50,10 @@ def explain_view(rec: JobRecord) -> dict[str, Any]:
             "unexplained_attempts": [a for a in range(1, rec.attempt + 1) if a not in noted]}
 
 
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def explain_text(v: dict[str, Any]) -> str:
     lines = [f"job {v['id']}: {v['state']} (attempt {v['attempt']} of {v['max_attempts']})"]
     if not v["attempts"]:
@@ -59,10 +63,10 @@ def explain_text(v: dict[str, Any]) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["time"]))
         state = a["worker_state"] or "state not reported"
         lines.append(f"attempt {a['attempt']}  {when}  -> worker {a['worker'][:12]} "
-                     f"({state}, {a['cores_free']} cores free)")
+                     f"({state}, {_n(a['cores_free'], 'core')} free)")
         c = a["claim"]
-        lines.append(f"  worker:  claimed at most {c['max_jobs']} jobs, {c['max_stage_ins']} "
-                     f"with inputs" + (f": {c['why']}" if c["why"] else ""))
+        lines.append(f"  worker:  claimed at most {_n(c['max_jobs'], 'job')}, "
+                     f"{c['max_stage_ins']} with inputs" + (f": {c['why']}" if c["why"] else ""))
         lines.append(f"  primary: {a['rule']}")
         if a["passed"]:
             lines.append("  preferred over: " + "; ".join(

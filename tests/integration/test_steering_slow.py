@@ -62,6 +62,7 @@ async def test_a_slow_node_gets_fewer_jobs_and_explain_says_why(short_tmp):
         code, out, err = await run_cli("explain", records[0].job.hex_id, "--via",
                                        g.address(2), "--user-dir", str(g.user_dir))
         assert code == 0, err
+        print(out)
         assert "attempt 1" in out and "primary: matched" in out and "outcome: finished" in out
 
         # An id no node knows: one line on stderr, a non-zero exit, no traceback.

@@ -35,7 +35,7 @@ async def test_each_attempt_says_where_it_went_why_and_how_it_ended():
     assert a["nodes"] == [{"id": OTHER.hex(), "state": "congested", "slots_free": 0}]
     assert a["outcome"]["state"] == "finished"
     text = explain_text(v)
-    assert f"-> worker {WORKER.hex()[:12]} (ok, 1 cores free)" in text
+    assert f"-> worker {WORKER.hex()[:12]} (ok, 1 core free)" in text
     assert "primary: matched: requirements ok, priority 0" in text
     assert f"preferred over: {jobs[1].hex_id[:12]}" in text
     assert f"other nodes: {OTHER.hex()[:12]} congested, 0 free" in text
