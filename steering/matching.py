@@ -84,6 +84,8 @@ class Entry:
     user: bytes = field(compare=False)
     priority: int = field(compare=False)
     spec: JobSpec = field(compare=False)
+    # The worker that has just released it: not given it again (brokerage rule c).
+    excluded: bytes = field(default=b"", compare=False)
 
 
 class _UserJobs:
@@ -186,6 +188,7 @@ class MatchQueue:
                     window = jobs.window(SCAN_PER_USER + len(taken))
                     head = next((e for e in window if e.job_id not in taken
                                  and (moves > 0 or not e.spec.inputs)
+                                 and e.excluded != offer.worker
                                  and fits(e.spec, site=offer.site, labels=offer.labels,
                                           cores=cores, memory_mb=memory, disk_mb=disk)), None)
                     if head is None:

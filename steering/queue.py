@@ -51,6 +51,7 @@ from .record import (
     grant,
     new_record,
     rebase_lease,
+    released_by,
     report,
     requeue,
 )
@@ -349,8 +350,11 @@ class QueueNode:
         else:
             self._defined.pop(j, None)
         if rec.state == "activated":
+            left = released_by(rec)  # not for the worker that released it, if another exists
+            if left and len(self.membership.capacities()) < 2:
+                left = b""
             self.match.add(Entry(rec.job.submitted, j, rec.job.user_id, rec.job.spec.priority,
-                                 rec.job.spec))
+                                 rec.job.spec, left))
         else:
             self.match.remove(j)
         if rec.state in ("running", "transferring") and rec.lease is not None:
@@ -531,7 +535,7 @@ class QueueNode:
             for (i, new), done in zip(news, oks, strict=True):
                 if done and not new.final:
                     out[i] = "ok"
-                    self.counters["jobs_requeued"] += 1
+                    self.counters["jobs_released" if released_by(new) else "jobs_requeued"] += 1
                     log("job.requeued", job=new.job_id, attempt=new.attempt, worker=worker,
                         reason=new.history[-1].reason)
                 elif done:

@@ -16,8 +16,9 @@ running        finish          finished       the payload ended well (no outputs
 transferring   finish          finished       outputs registered
 running        fail            failed         the payload failed (the job's fault: final)
 transferring   fail            failed         stage-out failed for good
-running        retry           activated      lease expired, worker gave it back, or the
-                                              node failed it (``NODE_ERRORS``)
+running        retry           activated      lease expired, worker gave it back, the
+                                              node failed it (``NODE_ERRORS``), or released
+                                              it (``release``: no attempt spent)
 transferring   retry           activated      (idem); ``fail`` instead when no attempt is left
 activated      unschedulable   failed         no node of the grid can ever run it
 defined        inputs_missing  failed         an input dataset stayed unknown to the grid
@@ -283,9 +284,39 @@ def check_lease(rec: JobRecord, worker: bytes, attempt: int) -> Lease:
 NODE_ERRORS = frozenset({"sandbox_failed", "stage_in_failed", "stage_out_failed"})
 
 
+# A release (steering.brokerage rule c: the worker gave the job back, its stage-in stuck
+# behind its own bottleneck) does not spend an attempt, up to this many per job.
+MAX_FREE_RELEASES = 3
+RELEASED = "released by"
+
+
+def releases(rec: JobRecord) -> int:
+    """The job's releases so far, as its history records them."""
+    return sum(1 for e in rec.history if e.state == "activated"
+               and e.reason.startswith(RELEASED))
+
+
+def released_by(rec: JobRecord) -> bytes:
+    """The worker that has just released the job (its last event), or b""."""
+    last = rec.history[-1] if rec.history else None
+    return last.node if last is not None and last.state == "activated" and \
+        last.reason.startswith(RELEASED) else b""
+
+
+def release(rec: JobRecord, worker: bytes, *, now: float, why: str) -> JobRecord:
+    """The worker gave the job back (rule c): queued again without spending the attempt
+    (up to MAX_FREE_RELEASES), and not for that worker next time (``released_by``)."""
+    spent = rec.attempt - min(releases(rec) + 1, MAX_FREE_RELEASES)
+    if spent >= rec.job.spec.max_attempts:
+        return requeue(rec, now=now, reason=f"{RELEASED} {worker.hex()[:12]} once too often")
+    return apply(rec, "retry", now=now, node=worker, lease=None,
+                 reason=f"{RELEASED} {worker.hex()[:12]}: {why}")
+
+
 def requeue(rec: JobRecord, *, now: float, reason: str) -> JobRecord:
-    """The lease ended without a result: next attempt, or failed when none is left."""
-    if rec.attempt >= rec.job.spec.max_attempts:
+    """The lease ended without a result: next attempt, or failed when none is left
+    (releases, up to MAX_FREE_RELEASES, spent none)."""
+    if rec.attempt - min(releases(rec), MAX_FREE_RELEASES) >= rec.job.spec.max_attempts:
         return apply(rec, "fail", now=now, reason=f"{reason}; no attempt left",
                      lease=None, failure=Failure("attempts_exhausted",
                                                  f"{reason} on all {rec.attempt} attempts"))
@@ -312,6 +343,8 @@ def report(rec: JobRecord, worker: bytes, attempt: int, epoch: int, *, now: floa
                      reason="payload finished" + (f", {len(outputs)} output files"
                                                   if outputs else ""))
     assert failure is not None
+    if failure.code == "released":
+        return release(rec, worker, now=now, why=failure.diagnosis)
     if failure.code in NODE_ERRORS:  # the node's fault, not the job's: run it elsewhere
         return requeue(rec, now=now, reason=f"{failure.code} on node {worker.hex()[:12]}: "
                                             f"{failure.diagnosis}")
