@@ -18,6 +18,7 @@ from typing import Any
 
 from overlay import ROLES
 from replication import PolicyError, PolicyParams, TrendError, TrendParams
+from steering import BrokerError, BrokerParams
 
 from .errors import UserError
 
@@ -165,6 +166,16 @@ class MonitorSection:
     metrics_listen: str = "auto"
     # Seconds between probe jobs while this node is failing (it claims no jobs).
     probe_interval: float = 60.0
+    # Release (steering.brokerage rule c): a stage-in at this node, while it is not ok,
+    # that has lasted release_after seconds is given back to the queue when what is left
+    # of it is longer than that and than release_gain x the whole of it at the nominal
+    # rate of a transfer elsewhere (MB/s).
+    release_after: float = 600.0
+    release_gain: float = 2.0
+    nominal_rate_mb_s: float = 100.0
+
+    def broker_params(self) -> BrokerParams:
+        return BrokerParams(release_after=self.release_after, release_gain=self.release_gain)
 
 
 @dataclass(frozen=True)
@@ -306,6 +317,12 @@ def validate(cfg: Config) -> Config:
             and mon.history_days > 0 and mon.probe_interval > 0):
         raise ConfigError("monitor.interval, history_days and probe_interval must be positive, "
                           "monitor.window 2-100000 and history_every at least 1")
+    try:
+        mon.broker_params()
+    except BrokerError as exc:
+        raise ConfigError(f"monitor.{exc}") from None
+    if not (math.isfinite(mon.nominal_rate_mb_s) and mon.nominal_rate_mb_s > 0):
+        raise ConfigError("monitor.nominal_rate_mb_s must be positive")
     if mon.metrics_listen not in ("", "auto"):
         parse_hostport(mon.metrics_listen, "monitor.metrics_listen")
     ch = cfg.channel

@@ -98,6 +98,8 @@ class DataService:
         self.fetcher = Fetcher(self.store, self._open_client)
         self.holdings: dict[str, DatasetRecord] = {}
         self._fetching: dict[str, trio.Event] = {}
+        # Dataset -> [started (trio clock), bytes done, bytes to fetch] while it is fetched.
+        self.fetch_progress: dict[str, list[float]] = {}
         self._readers: dict[str, int] = {}  # reads in progress per dataset
         self._reading: dict[str, DatasetRecord] = {}
         self._nursery: trio.Nursery | None = None
@@ -259,8 +261,13 @@ class DataService:
                     raise RpcError("unavailable", f"no live node holds dataset {name}")
                 log(logger, "transfer.started", dataset=name, chunks=len(need),
                     holders=len(holders), reason=why)
+                progress = self.fetch_progress[name] = [trio.current_time(), 0.0, 0.0]
+
+                def landed(done: int, total: int) -> None:
+                    progress[1:] = [float(done), float(total)]
+
                 try:
-                    stats = await fetch_from(self, need, holders, name)
+                    stats = await fetch_from(self, need, holders, name, landed)
                 except FetchError as exc:
                     self.counters["transfers_failed"] += 1
                     log(logger, "transfer.failed", logging.WARNING, dataset=name,
@@ -279,6 +286,7 @@ class DataService:
             return fetched
         finally:
             del self._fetching[name]
+            self.fetch_progress.pop(name, None)
             done.set()
 
     def begin_read(self, rec: DatasetRecord) -> bool:

@@ -329,6 +329,8 @@ class _Job:
     spec: RunSpec
     sandbox: Path
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    # Around its stage-in: a job stopped while its inputs arrive stops waiting for them.
+    stage_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     ready: bool = False  # the sandbox is fresh; logs may be read
     process: trio.Process | None = None
     pidfd: int | None = None
@@ -350,6 +352,7 @@ class _Job:
             return False
         self.stopping, self.error, self.reason = True, error, reason
         self.scope.cancel()
+        self.stage_scope.cancel()
         return True
 
 
@@ -502,7 +505,8 @@ class Executor:
             try:
                 if stage_in is not None and job.error is None:
                     try:
-                        await stage_in(job.sandbox)
+                        with job.stage_scope:
+                            await stage_in(job.sandbox)
                     except StageInError as exc:
                         return self._ended(job, "stage_in_failed", str(exc), None, None)
                 if job.error is not None:

@@ -24,6 +24,7 @@ import trio
 
 from overlay import BadMessage, CallContext, GridInfo, Method, RpcError, bad_request, packb
 from overlay import unpackb_untrusted as unpack
+from replication import DatasetNameError, parse_dataset_name
 from steering import Capacity, Failure, JobRecord, NodeSeen, Slot, node_state
 
 from .executor import Executor, RunSpec, StageOutError
@@ -133,6 +134,9 @@ class JobRunner:
         self.data = data
         self.outcomes: Counter[str] = Counter()  # jobs that ended here: ok, failed
         self.staging = 0  # jobs still staging their input datasets in
+        # Job (hex) -> (trio clock when its stage-in began, its datasets' full names).
+        self.stage_ins: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self.released: dict[str, str] = {}  # jobs given back to the queue (rule c): why
         # Told of each outcome at once (the monitor's classifier): a node that fails
         # every job stops claiming after a few, not after the next sample.
         self.on_outcome: Callable[[bool], None] | None = None
@@ -143,10 +147,25 @@ class JobRunner:
         try:
             outcome = await self._run(rec)
         except Exception:
+            self.released.pop(rec.job.hex_id, None)
             self._count(False)
             raise
+        why = self.released.pop(rec.job.hex_id, None)
+        if why is not None and not outcome[0]:
+            # Given back, not failed: no outcome for the classifier, no attempt spent.
+            return False, Failure("released", why), []
         self._count(outcome[0])
         return outcome
+
+    def release(self, job: str, why: str) -> bool:
+        """Give a job whose stage-in is stuck back to the queue (brokerage rule c)."""
+        if job not in self.stage_ins or job in self.released:
+            return False
+        self.released[job] = why
+        if not self.executor.cancel(job, f"released: {why}"):
+            del self.released[job]
+            return False
+        return True
 
     def _count(self, ok: bool) -> None:
         self.outcomes["ok" if ok else "failed"] += 1
@@ -164,13 +183,17 @@ class JobRunner:
         argv = tuple(a.replace("{index}", str(spec.index)) for a in spec.argv)
         stage_in = None
         if spec.inputs:
+            names = _dataset_names(spec.inputs, rec.job.user.name)
+
             async def stage_in(sandbox: Path) -> None:
                 self.staging += 1
+                self.stage_ins[rec.job.hex_id] = (trio.current_time(), names)
                 try:
                     await self.data.stage_in(spec.inputs, rec.job.user.name, rec.job.hex_id,
                                              sandbox)
                 finally:
                     self.staging -= 1
+                    self.stage_ins.pop(rec.job.hex_id, None)
         result = await self.executor.run(RunSpec(
             job_id=rec.job.hex_id, attempt=rec.attempt, argv=argv, env=dict(spec.env),
             cores=spec.cores, memory_mb=spec.memory_mb, walltime_s=float(spec.walltime_s)),
@@ -187,6 +210,17 @@ class JobRunner:
             return False, Failure("stage_out_failed", str(exc), result.exit_code, None,
                                   result.stderr_tail), []
         return True, None, outputs
+
+
+def _dataset_names(inputs: tuple[str, ...], user: str) -> tuple[str, ...]:
+    """The full names of a job's inputs (those that parse: the others fail its stage-in)."""
+    out = []
+    for text in inputs:
+        try:
+            out.append(str(parse_dataset_name(text, user)))
+        except DatasetNameError:
+            continue
+    return tuple(out)
 
 
 def methods(node: Node) -> dict[str, Method]:

@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from steering import BrokerParams, ClaimPlan, Classifier, HealthParams, NodeView, claim
+from steering import ClaimPlan, Classifier, HealthParams, NodeView, claim
 
 from .config import parse_hostport
 from .executor import ExecutorError, RunSpec
 from .logs import log
+from .release import stuck_stage_ins
 
 if TYPE_CHECKING:
     from .daemon import Node
@@ -51,7 +52,7 @@ class Monitor:
         self.series: dict[str, deque[tuple[float, float]]] = {
             name: deque(maxlen=self.cfg.window) for name in SAMPLES}
         self.health = Classifier(HealthParams(), time.time())
-        self.broker = BrokerParams()
+        self.broker = self.cfg.broker_params()
         self._cpu_bound = True  # the last pressure sample came from the CPU, not the disk
         self._pending: list[dict[str, float]] = []
         self.metrics_url: str | None = None
@@ -100,6 +101,7 @@ class Monitor:
         for name, v in values.items():
             self.series[name].append((now, v))
         self._note_change(before, self.health.reason)
+        self.release_stuck()
         self._pending.append(values)
         if len(self._pending) >= self.cfg.history_every:
             rows = [(now, name, sum(p[name] for p in self._pending) / len(self._pending))
@@ -124,6 +126,30 @@ class Monitor:
             else logging.INFO, state=self.health.state, was=before, reason=reason)
         return True
 
+    def view(self, free_cores: int) -> NodeView:
+        """This node as the brokerage sees a node (steering.NodeView)."""
+        cores = max(1, self.node.executor.cores)
+        t = self.health.trend
+        return NodeView(self.health.state, t.prediction, t.slope,
+                        max(0, min(free_cores, cores, 64)), cores,
+                        min(self.node.runner.staging, 1 << 20))
+
+    def release_stuck(self) -> int:
+        """Give back the stage-ins stuck behind this node's own bottleneck (rule c)."""
+        runner = self.node.runner
+        if self.health.state == "ok" or not runner.stage_ins:
+            return 0
+        released = 0
+        for job, why in stuck_stage_ins(
+                runner.stage_ins, self.node.data.fetch_progress, trio.current_time(),
+                self.view(self.node.worker.free()[0]), self.broker,
+                self.cfg.nominal_rate_mb_s * 1e6):
+            if runner.release(job, why):
+                released += 1
+                self.counters["jobs_released"] += 1
+                log(logger, "job.released", logging.WARNING, job=job, reason=why)
+        return released
+
     def claim_plan(self, free_cores: int) -> ClaimPlan:
         """What this node claims for ``free_cores``: the brokerage's rule (b)
         (``steering.claim``) fed with its classifier.  ok: one job per free core;
@@ -131,11 +157,8 @@ class Monitor:
         pressure is its CPU rather than its disk, at most half its free cores (the
         rule caps what loads the congested resource); failing: nothing (the
         monitor's probes let it back)."""
-        cores = max(1, self.node.executor.cores)
-        free = max(0, min(free_cores, cores, 64))
-        t = self.health.trend
-        view = NodeView(self.health.state, t.prediction, t.slope, free, cores,
-                        min(self.node.runner.staging, 1 << 20))
+        view = self.view(free_cores)
+        free, t = view.free_slots, self.health.trend
         c = claim(view, self.broker)
         jobs, why = c.jobs, {"ok": f"ok: one job per free core, {free} free",
                              "failing": "failing: no jobs until its probes pass"

@@ -10,6 +10,7 @@ and asked only to finish what the others could not give.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from replication import FetchError, FetchStats
@@ -37,22 +38,23 @@ def source_order(node: Node, holders: list[bytes]) -> tuple[list[bytes], list[by
             [h for h, st in ordered if st == "congested"])
 
 
-async def fetch_from(data: DataService, need: list[bytes], holders: list[bytes], name: str
-                     ) -> FetchStats:
+async def fetch_from(data: DataService, need: list[bytes], holders: list[bytes], name: str,
+                     progress: Callable[[int, int], None] | None = None) -> FetchStats:
     """Fetch ``need`` from the holders that are not congested; from the congested ones
     only when there is no other, or to finish what the others could not give."""
     first, congested = source_order(data.node, holders)
     if not (first and congested):
-        return await data.fetcher.fetch(need, first or congested)
+        return await data.fetcher.fetch(need, first or congested, progress=progress)
     data.counters["transfers_avoiding_congested"] += 1
     try:
-        return await data.fetcher.fetch(need, first)
+        return await data.fetcher.fetch(need, first, progress=progress)
     except FetchError as exc:
         log(logger, "transfer.fallback", logging.WARNING, dataset=name,
             congested=len(congested), reason=f"the holders that are not congested could not "
             f"give everything ({exc}); asking the congested ones too")
         done = exc.stats
-    stats = await data.fetcher.fetch(need, first + congested)  # what is missing only
+    stats = await data.fetcher.fetch(need, first + congested,  # what is missing only
+                                     progress=progress)
     stats.chunks_fetched += done.chunks_fetched
     stats.bytes_fetched += done.bytes_fetched
     return stats

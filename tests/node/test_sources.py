@@ -34,7 +34,7 @@ class Fetcher:
         self.asked: list[list[bytes]] = []
         self.fail_first = fail_first
 
-    async def fetch(self, need, holders):
+    async def fetch(self, need, holders, progress=None):
         self.asked.append(list(holders))
         if self.fail_first and len(self.asked) == 1:
             raise FetchError("chunk x could not be fetched", {b"x": "not found"},
