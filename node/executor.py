@@ -26,7 +26,7 @@ Cancellation of the calling task kills the job the same way (inside a
 shielded cleanup), logs ``job.ended`` with error ``cancelled`` and then
 lets ``trio.Cancelled`` propagate: a cancelled ``run`` returns nothing.
 ``Executor.cancel(job_id, reason)`` instead makes ``run`` return a
-``RunResult`` with error ``cancelled``.
+``RunResult`` with error ``cancelled`` (during the stage-in too: it is cancelled).
 
 Linux only (``/proc``, pidfd, prctl). See docs/executor.md.
 """
