@@ -320,3 +320,27 @@ async def test_a_failed_stage_in_ends_the_job_before_it_starts(ex, tmp_path):
     assert (r.error, r.diagnosis) == ("stage_in_failed", "dataset alice:raw: no live node holds it")
     assert r.pid is None and not marker.exists()
     assert ex.statistics()["stage_in_failed"] == 1
+
+
+async def test_cancel_during_the_stage_in_stops_waiting_for_the_inputs(ex, tmp_path):
+    staging = trio.Event()
+
+    async def stage(sandbox):
+        staging.set()
+        await trio.sleep_forever()  # inputs that never arrive
+
+    marker = tmp_path / "ran"
+    result = []
+    async with trio.open_nursery() as nursery:
+        async def run():
+            result.append(await ex.run(spec("touch", str(marker)), stage_in=stage))
+
+        nursery.start_soon(run)
+        await staging.wait()
+        assert ex.cancel(JOB, "released: stuck")
+        with trio.fail_after(5):
+            while not result:  # noqa: ASYNC110 - run returns when the stage-in stops
+                await trio.sleep(0.01)
+    [r] = result
+    assert r.error == "cancelled" and "released: stuck" in r.diagnosis
+    assert r.pid is None and not marker.exists() and ex.free()[0] == ex.cores
