@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("whoami", parents=[common, as_json, reach],
                    help="who the node sees you as, and what you may do")
 
+    q = sub.add_parser("console", parents=[common, as_json],
+                       help="print the admin console's login link (of the node of --data-dir)")
+    q.add_argument("--open", action="store_true", help="also open it in a web browser")
+
     add_job_parsers(sub, [common, reach], as_json)
     add_data_parsers(sub, [common, reach], as_json)
 
@@ -282,6 +286,25 @@ def _age(seconds: float) -> str:
         return "never"
     age = max(0.0, time.time() - seconds)
     return f"{age:.0f}s ago" if age < 120 else f"{age / 60:.0f}m ago"
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from .console.auth import read_token  # the web stack only for this command
+
+    dd = _datadir(args)
+    status = admin_call(dd.admin_socket, "status")
+    url = (status.get("console") or {}).get("url")
+    if not url:
+        raise UserError("this node serves no console: console.listen is \"\" in its config, "
+                        "or its port was taken (see the node's log)")
+    login = f"{url}/login?token={read_token(dd.root)}"
+    print_result({"url": url, "login": login}, args.json,
+                 f"{login}\n(the token in this link is the node's admin password: "
+                 f"do not share it)")
+    if args.open:
+        import webbrowser
+        webbrowser.open(login)
+    return 0
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
@@ -547,6 +570,7 @@ COMMANDS = {
     ("run",): cmd_run,
     ("status",): cmd_status,
     ("peers",): cmd_peers,
+    ("console",): cmd_console,
     ("health",): cmd_health,
     ("ping",): cmd_ping,
     ("whoami",): cmd_whoami,

@@ -187,11 +187,12 @@ async def dataset_view(node: Node, text: str) -> dict[str, Any]:
         if exc.code == "not_found":
             raise NotFound(str(exc)) from None
         raise
+    explain: dict[str, Any] | None = None
+    explain_error = None
     try:
-        explain: dict[str, Any] | None = await node._call_local(
-            "replica.explain", {"name": str(name)})
+        explain = await node._call_local("replica.explain", {"name": str(name)})
     except RpcError as exc:
-        explain = {"error": str(exc)}
+        explain_error = str(exc)
     points: list[tuple[float, float]] = []
     marks: list[tuple[float, str, str]] = []
     if explain and "trend" in explain:
@@ -200,7 +201,7 @@ async def dataset_view(node: Node, text: str) -> dict[str, Any]:
         points = [(now - (len(counts) - 1 - i) * step, float(c)) for i, c in enumerate(counts)]
         marks = [(a["t"], f"{a['kind']} {a['site']}: {a['reason']}", a["kind"])
                  for a in explain["decisions"] if not points or a["t"] >= points[0][0]]
-    return {"trend_points": points, "trend_marks": marks,
+    return {"trend_points": points, "trend_marks": marks, "explain_error": explain_error,
             "name": str(name), "owner": rec.owner.name, "version": rec.version,
             "created": rec.created, "closed": rec.closed, "size": rec.size,
             "policy": {"min_replicas": rec.policy.min_replicas,
