@@ -15,11 +15,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from overlay import RpcError
-from steering import parse_job_id
 
 from ..logs import log
 from ..site import SiteError, check_reason
-from .views import BadParameter, NotFound, parse_dataset
+from .views import BadParameter, NotFound, find_job, parse_dataset
 
 if TYPE_CHECKING:
     from ..daemon import Node
@@ -50,13 +49,8 @@ async def set_slots(node: Node, who: str, cores: Any, reason: Any) -> dict[str, 
 
 async def cancel_job(node: Node, who: str, ident: str, reason: Any) -> dict[str, Any]:
     why = _reason(reason)
-    try:
-        job_id = parse_job_id(ident)
-    except ValueError as exc:
-        raise BadParameter(str(exc)) from None
-    rec = await node.job_service.find(job_id)
-    if rec is None:
-        raise NotFound(f"no job {job_id.hex()} in this grid")
+    rec = await find_job(node, ident)
+    job_id = rec.job_id
     if rec.final:
         return {"job": job_id.hex(), "state": rec.state}
     if job_id not in node.worker.held:

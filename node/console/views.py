@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from overlay import RpcError
 from replication import DatasetName, DatasetNameError
 from steering import STATES as JOB_STATES
-from steering import parse_job_id
+from steering import JobRecord, parse_job_id
 
 from ..jobs import record_view
 from ..monitor import SAMPLES
@@ -123,7 +123,8 @@ def _job_row(rec: Any) -> dict[str, Any]:
                               "submitted", "worker")} | {"command": " ".join(v["argv"])}
 
 
-async def job_view(node: Node, ident: str) -> dict[str, Any]:
+async def find_job(node: Node, ident: str) -> JobRecord:
+    """The record of the job ``ident`` names (hex id): BadParameter or NotFound."""
     try:
         job_id = parse_job_id(ident)
     except ValueError as exc:
@@ -131,6 +132,12 @@ async def job_view(node: Node, ident: str) -> dict[str, Any]:
     rec = await node.job_service.find(job_id)
     if rec is None:
         raise NotFound(f"no job {job_id.hex()} in this grid")
+    return rec
+
+
+async def job_view(node: Node, ident: str) -> dict[str, Any]:
+    rec = await find_job(node, ident)
+    job_id = rec.job_id
     view = record_view(rec)
     sites = {p.node_id.hex(): p.site for p in node.peers.values()}
     sites[node.key.id.hex()] = node.cert.name
