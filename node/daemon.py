@@ -160,6 +160,16 @@ class Node:
     def local_context(self) -> CallContext:
         return CallContext(self.cert, "local")
 
+    def site_of(self, node_id: bytes) -> str:
+        peer = self.peers.get(node_id)
+        return peer.site if peer else self.cert.name if node_id == self.key.id else "?"
+
+    def _site_of_hex(self, text: str) -> str:
+        try:
+            return self.site_of(bytes.fromhex(text))
+        except ValueError:  # a peer's answer: anything may be in it
+            return "?"
+
     def role_addresses(self, role: str) -> dict[bytes, tuple[str, int]]:
         """Every live, unrevoked node with ``role`` we know (us too): id -> address."""
         out: dict[bytes, tuple[str, int]] = {}
@@ -493,7 +503,9 @@ class Node:
                 "jobs_running": ex["running"], "jobs_waiting": len(self.queue.match),
                 "store_used_bytes": self.data.store.used_bytes,
                 "store_quota_bytes": self.data.store.quota_bytes,
-                "drained": self.site.drain is not None}
+                "drained": self.site.drain is not None,
+                "links": [{k: v for k, v in link.items() if k != "evidence"}
+                          for link in self.monitor.links.view()]}
 
     async def _op_health(self) -> dict[str, Any]:
         """Every known node's state with its evidence: asked of each node now, or, from
@@ -521,7 +533,12 @@ class Node:
             for p in self.peers.values():
                 nursery.start_soon(ask, p)
         nodes[1:] = sorted(nodes[1:], key=lambda n: (n["site"], n["id"]))
-        return {"nodes": nodes, "links": []}
+        # Each link as the node at its receiving end measured it.
+        links = [{**link, "from": n["id"], "from_site": n["site"],
+                  "to_site": self._site_of_hex(link["peer"])}
+                 for n in nodes for link in n.pop("links", None) or []
+                 if isinstance(link, dict) and isinstance(link.get("peer"), str)]
+        return {"nodes": nodes, "links": links}
 
     async def _op_peers(self) -> list[dict[str, Any]]:
         in_table = {c.node_id for c in self.dht.contacts()}

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from steering import Classifier, HealthParams
+from steering import Classifier, HealthParams, LinkBook
 
 from .executor import ExecutorError, RunSpec
 from .http import serve_http
@@ -51,6 +51,7 @@ class Monitor:
         self.series: dict[str, deque[tuple[float, float]]] = {
             name: deque(maxlen=self.cfg.window) for name in SAMPLES}
         self.health = Classifier(HealthParams(), time.time())
+        self.links = LinkBook()  # the peers this node fetched chunks from
         self._pending: list[dict[str, float]] = []
         self.metrics_url: str | None = None
         self.changed = False  # the health state changed since the record was published
@@ -118,6 +119,11 @@ class Monitor:
     async def tick(self, now: float) -> None:
         before = self.health.state
         values = self.sample(now)
+        for peer, was, state in self.links.sample(now):
+            link = self.links.links[peer]
+            log(logger, "link.changed", logging.WARNING if state != "ok" else logging.INFO,
+                peer=peer, site=self.node.site_of(peer), state=state, was=was,
+                reason=link.classifier.reason)
         for name, v in values.items():
             self.series[name].append((now, v))
         self._note_change(before, self.health.reason)
@@ -144,6 +150,13 @@ class Monitor:
         log(logger, "health.changed", logging.WARNING if self.health.state != "ok"
             else logging.INFO, state=self.health.state, was=before, reason=reason)
         return True
+
+    def transferred(self, stats: Any) -> None:
+        """A chunk fetch ended (``replication.FetchStats``): what each holder gave."""
+        now = time.time()
+        for peer in set(stats.bytes_by_holder) | set(stats.failures):
+            self.links.observe(now, peer, stats.bytes_by_holder.get(peer, 0), stats.seconds,
+                               stats.failures.get(peer, 0))
 
     def claim_limit(self, free_cores: int) -> int:
         """Jobs this node claims at most: none while failing (probes let it back),

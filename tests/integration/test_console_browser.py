@@ -161,6 +161,12 @@ async def test_console_in_a_browser(short_tmp, browser):
         assert len(holders) >= rec.policy.min_replicas
         assert "sub/many" in text and browser.find_elements("css selector", "svg.plot")
         page.shot("dataset")
+        # The copy to the second holder went over a link its receiver measured.
+        receiver = next(h.text.split()[0] for h in holders if "site-0" not in h.text)
+        text = await page.until("/grid", "of its best", limit=30)
+        links = browser.find_elements("css selector", "#links-table tbody tr")
+        assert any(r.text.startswith(f"{receiver} site-0 ok") for r in links), text
+        page.shot("grid-links")
 
         text = await page.until("/health", "load per core")
         assert len(browser.find_elements("css selector", "svg.plot polyline")) >= 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import urllib.request
@@ -81,3 +82,35 @@ def test_auto_metrics_address_follows_the_listen_port():
     assert cfg.metrics_address(65000) == "127.0.0.1:0"
     off = Config(monitor=MonitorSection(metrics_listen=""))
     assert off.metrics_address(7400) == ""
+
+
+async def test_a_transfer_gives_the_link_a_state_shown_by_health(short_tmp, tmp_path):
+    from node.client import Client
+    from replication import ReplicationPolicy
+    from tests.node.test_daemon import address
+
+    dirs = make_grid(short_tmp, 2)
+    async with trio.open_nursery() as nursery:
+        a, b = await grid_of(nursery, dirs, monitor={"interval": 0.1},
+                             replication={"interval": 3600.0})
+        (tmp_path / "f").write_bytes(os.urandom(3 << 20))
+        async with Client.connect(address(a)) as c:
+            rec = await c.put("big", [tmp_path / "f"], policy=ReplicationPolicy(1, 1))
+        name = str(rec.name)
+        holder, reader = (a, b) if name in a.data.holdings else (b, a)
+        async with Client.connect(address(reader)) as c:
+            await c.get(name, tmp_path / "out")
+        link = await until(lambda: _link(reader, holder))
+        assert link["state"] == "ok" and link["bytes"] >= 3 << 20 and link["transfers"] == 1
+        assert link["rate"] > 0 and link["best"] == link["rate"]
+        health = await reader._op_health()
+        [seen] = [x for x in health["links"] if x["peer"] == holder.key.id.hex()]
+        assert seen["from"] == reader.key.id.hex() and seen["to_site"] == holder.cert.name
+        assert seen["state"] == "ok" and seen["reason"]
+        nursery.cancel_scope.cancel()
+
+
+async def _link(reader, holder):
+    links = {x["peer"]: x for x in reader.monitor.links.view()}
+    link = links.get(holder.key.id.hex())
+    return link if link and link["rate"] is not None else None
