@@ -99,13 +99,18 @@ class Console:
 
     # -- checks -----------------------------------------------------------
 
-    def _check(self, request: Request) -> str:
-        """Who is asking, or HttpError: remote when not allowed, no token, bad CSRF."""
+    def _check_host(self, request: Request) -> str | None:
+        """The client's address; HttpError if it is another host and that is not allowed."""
         host = request.client.host if request.client else None
         if not self.allow_remote and not _loopback(host):
             self.counters["refused_remote"] += 1
             raise HttpError(403, "the console answers only on this machine "
                                  "(console.allow_remote is off)")
+        return host
+
+    def _check(self, request: Request) -> str:
+        """Who is asking, or HttpError: another host when not allowed, no token."""
+        host = self._check_host(request)
         auth = request.headers.get("authorization", "")
         bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
         if not (self.keys.is_token(bearer) or self.keys.is_session(request.cookies.get(COOKIE))):
@@ -289,10 +294,7 @@ class Console:
 
     async def login(self, request: Request) -> Response:
         async def go() -> Response:
-            host = request.client.host if request.client else None
-            if not self.allow_remote and not _loopback(host):
-                self.counters["refused_remote"] += 1
-                raise HttpError(403, "the console answers only on this machine")
+            host = self._check_host(request)
             if not self.keys.is_token(request.query_params.get("token")):
                 self.counters["refused_token"] += 1
                 raise HttpError(401, "wrong or missing token: use the link that "

@@ -72,11 +72,17 @@ class Keys:
         self.session = _derive(token, b"gridnode console session")
         self.csrf = _derive(token, b"gridnode console csrf")
 
-    def is_token(self, text: str | None) -> bool:
-        return text is not None and hmac.compare_digest(text.encode(), self.token.encode())
+    def is_token(self, text: object) -> bool:
+        return _same(text, self.token)
 
-    def is_session(self, text: str | None) -> bool:
-        return text is not None and hmac.compare_digest(text.encode(), self.session.encode())
+    def is_session(self, text: object) -> bool:
+        return _same(text, self.session)
 
-    def is_csrf(self, text: str | None) -> bool:
-        return text is not None and hmac.compare_digest(text.encode(), self.csrf.encode())
+    def is_csrf(self, text: object) -> bool:
+        return _same(text, self.csrf)
+
+
+def _same(text: object, secret: str) -> bool:
+    """``text`` is ``secret`` (in constant time); anything but a string is not."""
+    return isinstance(text, str) and hmac.compare_digest(
+        text.encode("utf-8", "replace"), secret.encode())

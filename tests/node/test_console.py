@@ -163,6 +163,10 @@ async def test_login_pages_api_and_refusals(short_tmp, caplog):
         status, _, _ = await call(url, "POST", "/api/node/drain", body=b"[1,2]",
                                   headers=as_json(node)[1])
         assert status == 400
+        body, h = as_json(node, csrf=False, reason="x", csrf_=1)
+        status, _, _ = await call(url, "POST", "/api/node/drain",
+                                  body=body.replace(b"csrf_", b"csrf"), headers=h)
+        assert status == 403  # a CSRF token that is not even a string
 
         # A good drain from a form: redirected back, logged with who and why, stored.
         body, h = form(node, reason="disk swap", csrf=node.console.keys.csrf)
