@@ -121,6 +121,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("whoami", parents=[common, as_json, reach],
                    help="who the node sees you as, and what you may do")
 
+    q = sub.add_parser("console", parents=[common, as_json],
+                       help="print the admin console's login link (of the node of --data-dir)")
+    q.add_argument("--open", action="store_true", help="also open it in a web browser")
+
     add_job_parsers(sub, [common, reach], as_json)
     add_data_parsers(sub, [common, reach], as_json)
 
@@ -292,6 +296,25 @@ def _age(seconds: float) -> str:
     return f"{age:.0f}s ago" if age < 120 else f"{age / 60:.0f}m ago"
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from .console.auth import read_token  # the web stack only for this command
+
+    dd = _datadir(args)
+    status = admin_call(dd.admin_socket, "status")
+    url = (status.get("console") or {}).get("url")
+    if not url:
+        raise UserError("this node serves no console: console.listen is \"\" in its config, "
+                        "or its port was taken (see the node's log)")
+    login = f"{url}/login?token={read_token(dd.root)}"
+    print_result({"url": url, "login": login}, args.json,
+                 f"{login}\n(the token in this link is the node's admin password: "
+                 f"do not share it)")
+    if args.open:
+        import webbrowser
+        webbrowser.open(login)
+    return 0
+
+
 def cmd_peers(args: argparse.Namespace) -> int:
     if args.via is not None:
         peers = remote(args, lambda c: c.peers())
@@ -318,6 +341,16 @@ def cmd_health(args: argparse.Namespace) -> int:
                     f"{'this node' if n['self'] else _age(n['last_seen'])}")
         if n.get("evidence") and n["state"] != "ok":
             rows.append(f"    {n['evidence']['reason']}")
+    links = health.get("links") or []
+    rows += ["", "no link measured yet (links are measured by the chunk transfers over them)"
+             if not links else f"{'LINK (FROM -> TO)':<36}  {'STATE':<9}  {'RATE MB/s':>9}  "
+             f"{'BEST':>7}  {'FAILED':>6}  REASON"]
+    for link in links:
+        rate, best = (link.get(k) for k in ("rate", "best"))
+        rows.append(f"{link['from_site'] + ' -> ' + link['to_site']:<36}  {link['state']:<9}  "
+                    f"{'-' if rate is None else f'{rate / 1e6:.1f}':>9}  "
+                    f"{'-' if best is None else f'{best / 1e6:.1f}':>7}  "
+                    f"{link.get('failures', 0):>6}  {link.get('reason', '')}")
     print_result(health, args.json, "\n".join(rows))
     return 0
 
@@ -555,6 +588,7 @@ COMMANDS = {
     ("run",): cmd_run,
     ("status",): cmd_status,
     ("peers",): cmd_peers,
+    ("console",): cmd_console,
     ("health",): cmd_health,
     ("ping",): cmd_ping,
     ("whoami",): cmd_whoami,

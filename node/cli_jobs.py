@@ -18,6 +18,7 @@ from steering import FINAL, JobRecord, JobSpec, SpecError, parse_job_id
 from .cli_common import print_result, remote
 from .client import Client
 from .errors import UsageError, UserError
+from .jobs import record_view
 
 # Exit code of `gridnode wait` when its --timeout passed first.
 WAIT_TIMEOUT_EXIT = 4
@@ -182,25 +183,6 @@ def _job_arg(text: str) -> bytes:
         return parse_job_id(text)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-
-
-def record_view(rec: JobRecord) -> dict[str, Any]:
-    spec = rec.job.spec
-    f = rec.failure
-    return {
-        "id": rec.job.hex_id, "name": spec.name, "user": rec.job.user.name,
-        "task": spec.task_id or None, "index": spec.index, "state": rec.state,
-        "attempt": rec.attempt, "max_attempts": spec.max_attempts, "argv": list(spec.argv),
-        "cores": spec.cores, "memory_mb": spec.memory_mb, "walltime_s": spec.walltime_s,
-        "priority": spec.priority, "submitted": rec.job.submitted,
-        "worker": rec.lease.worker.hex() if rec.lease else None,
-        "home": [h.hex() for h in rec.home],
-        "history": [{"time": e.time, "state": e.state, "reason": e.reason,
-                     "node": e.node.hex() or None} for e in rec.history],
-        "failure": None if f is None else {
-            "code": f.code, "diagnosis": f.diagnosis, "exit_code": f.exit_code,
-            "signal": f.signal, "stderr_tail": list(f.stderr_tail), "node": f.node.hex()},
-    }
 
 
 def _when(t: float) -> str:

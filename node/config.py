@@ -179,6 +179,16 @@ class MonitorSection:
 
 
 @dataclass(frozen=True)
+class ConsoleSection:
+    # HOST:PORT of the admin console (web pages and their JSON API); "auto":
+    # loopback, the listen port + 2000 (a random port when that is 0); "" turns it off.
+    listen: str = "auto"
+    # A console on an address that is not loopback must be enabled here; the node
+    # warns at start. Requests from other hosts are refused unless it is.
+    allow_remote: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
     bootstrap: tuple[str, ...] = ()
@@ -199,6 +209,7 @@ class Config:
     storage: StorageSection = field(default_factory=StorageSection)
     replication: ReplicationSection = field(default_factory=ReplicationSection)
     monitor: MonitorSection = field(default_factory=MonitorSection)
+    console: ConsoleSection = field(default_factory=ConsoleSection)
     # Labels this node offers jobs (a job's requirement "labels" must be among them).
     labels: tuple[str, ...] = ()
 
@@ -208,11 +219,11 @@ class Config:
 
     def metrics_address(self, listen_port: int) -> str:
         """Where /metrics listens ("" when off)."""
-        text = self.monitor.metrics_listen
-        if text != "auto":
-            return text
-        port = listen_port + 1000 if listen_port and listen_port + 1000 <= 65535 else 0
-        return f"127.0.0.1:{port}"
+        return _auto_address(self.monitor.metrics_listen, listen_port, 1000)
+
+    def console_address(self, listen_port: int) -> str:
+        """Where the admin console listens ("" when off)."""
+        return _auto_address(self.console.listen, listen_port, 2000)
 
     @property
     def bootstrap_addresses(self) -> list[tuple[str, int]]:
@@ -220,9 +231,28 @@ class Config:
                 for b in self.bootstrap]
 
 
+def _auto_address(text: str, listen_port: int, offset: int) -> str:
+    """``text``, or for "auto" loopback at the listen port + ``offset`` (random when
+    the listen port is 0 or that would pass 65535)."""
+    if text != "auto":
+        return text
+    port = listen_port + offset if listen_port and listen_port + offset <= 65535 else 0
+    return f"127.0.0.1:{port}"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 _SECTIONS = {"capacity": Capacity, "dht": DhtConfig, "channel": ChannelConfig,
              "queue": QueueSection, "storage": StorageSection,
-             "replication": ReplicationSection, "monitor": MonitorSection}
+             "replication": ReplicationSection, "monitor": MonitorSection,
+             "console": ConsoleSection}
 
 
 def _check_type(key: str, value: Any, default: Any) -> Any:
@@ -325,6 +355,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("monitor.nominal_rate_mb_s must be positive")
     if mon.metrics_listen not in ("", "auto"):
         parse_hostport(mon.metrics_listen, "monitor.metrics_listen")
+    con = cfg.console
+    if con.listen not in ("", "auto"):
+        host, _ = parse_hostport(con.listen, "console.listen")
+        if not _loopback(host) and not con.allow_remote:
+            raise ConfigError(f"console.listen {con.listen} is not a loopback address: set "
+                              f"console.allow_remote = true to serve the console to other hosts")
     ch = cfg.channel
     if not 4096 <= ch.max_frame <= 64 * 1024 * 1024:
         raise ConfigError("channel.max_frame must be 4096-67108864 bytes")
@@ -361,6 +397,8 @@ def render_config(cfg: Config) -> str:
     """The TOML that ``gridnode init`` writes (every key, with its value)."""
 
     def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
         if isinstance(v, str):
             return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
         if isinstance(v, tuple):

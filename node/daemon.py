@@ -51,15 +51,17 @@ from steering import JobService, QueueConfig, QueueNode, Worker, queue_methods
 
 from .admin import AdminError, claim_socket_path, serve_admin
 from .config import Config, parse_hostport
+from .console import serve_console
 from .data import DataService
 from .datadir import DataDir
 from .errors import UserError, first_user_error
 from .executor import Executor
 from .jobs import JobRunner, NodeMembership, SlotStore, sandbox_root
 from .jobs import methods as job_methods
-from .logs import log
+from .logs import RecentLogs, log
 from .monitor import Monitor
 from .service import methods
+from .site import SiteControls
 from .state import PeerRow, State, StateError, open_state
 
 logger = logging.getLogger("gridnode.daemon")
@@ -126,7 +128,10 @@ class Node:
                              heartbeat_interval=cfg.queue.lease_duration / 4)
         table = {**methods(self), **self.job_service.methods(), **job_methods(self),
                  **self.data.methods()}
-        self.worker.claim_plan = self.monitor.claim_plan
+        self.site = SiteControls(self)
+        self.worker.claim_plan = self.site.claim_plan
+        self.recent_logs = RecentLogs()
+        self.console: Any = None  # node.console.Console once it serves
         self.runner.on_outcome = self.monitor.outcome
         if "queue" in self.roles:
             table.update(queue_methods(self.queue))
@@ -152,7 +157,20 @@ class Node:
     async def _call_local(self, method: str, args: Any) -> Any:
         """One of this node's RPC methods, called by the node itself (no network, the
         same argument checks)."""
-        return await self.rpc.methods[method].fn(CallContext(self.cert, "local"), args)
+        return await self.rpc.methods[method].fn(self.local_context(), args)
+
+    def local_context(self) -> CallContext:
+        return CallContext(self.cert, "local")
+
+    def site_of(self, node_id: bytes) -> str:
+        peer = self.peers.get(node_id)
+        return peer.site if peer else self.cert.name if node_id == self.key.id else "?"
+
+    def _site_of_hex(self, text: str) -> str:
+        try:
+            return self.site_of(bytes.fromhex(text))
+        except ValueError:  # a peer's answer: anything may be in it
+            return "?"
 
     def role_addresses(self, role: str) -> dict[bytes, tuple[str, int]]:
         """Every live, unrevoked node with ``role`` we know (us too): id -> address."""
@@ -177,6 +195,7 @@ class Node:
         claim_socket_path(self.datadir.admin_socket)
         bound = await self._listen()
         self.bound = bound
+        await self.site.load()
         self.queue.load(await self.queue.store.load())  # type: ignore[attr-defined]
         self.addresses = self.cfg.advertise or (
             (f"{bound[0]}:{bound[1]}",) if bound[0] not in ("0.0.0.0", "::") else ())
@@ -184,6 +203,7 @@ class Node:
         if dropped:
             log(logger, "roles.dropped", logging.WARNING, roles=",".join(dropped),
                 reason="the certificate does not grant them")
+        logging.getLogger("gridnode").addHandler(self.recent_logs)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.dht.serve)
@@ -197,12 +217,15 @@ class Node:
                 await nursery.start(self.monitor.run)
                 await nursery.start(serve_admin, self.datadir.admin_socket, self.handle_admin,
                                     self.counters)
+                if self.cfg.console.listen:  # "" turns the console off
+                    self.console = await nursery.start(serve_console, self)
                 log(logger, "node.started", id=self.key.id, grid=self.grid.grid_id,
                     site=self.cert.name, listen=f"{bound[0]}:{bound[1]}",
                     roles=",".join(self.roles), peers_stored=len(self.peers))
                 nursery.start_soon(self._maintain)
                 task_status.started(self)
         finally:
+            logging.getLogger("gridnode").removeHandler(self.recent_logs)
             with trio.CancelScope(shield=True):
                 await self.state.upsert_peers(self.peers.values())
             log(logger, "node.stopped", id=self.key.id, peers_stored=len(self.peers),
@@ -462,6 +485,9 @@ class Node:
             "data": self.data.statistics(),
             "replication": self.data.replicas.statistics(),
             "monitor": self.monitor.statistics(),
+            "site_controls": self.site.view(),
+            "console": {"url": self.console.url if self.console else None,
+                        **(self.console.counters if self.console else {})},
             "worker": {**self.worker.statistics(), **self.executor.statistics()},
             "refused": dict(self.counters),
             "cert_expires": self.cert.not_after,
@@ -472,8 +498,16 @@ class Node:
         }
 
     def own_health(self) -> dict[str, Any]:
+        ex = self.executor.statistics()
         return {"id": self.key.id.hex(), "site": self.cert.name, **self.monitor.summary(),
-                "evidence": self.monitor.health.evidence(), "last_seen": time.time()}
+                "evidence": self.monitor.health.evidence(), "last_seen": time.time(),
+                "reason": self.monitor.health.reason, "cores": ex["cores"],
+                "jobs_running": ex["running"], "jobs_waiting": len(self.queue.match),
+                "store_used_bytes": self.data.store.used_bytes,
+                "store_quota_bytes": self.data.store.quota_bytes,
+                "drained": self.site.drain is not None,
+                "links": [{k: v for k, v in link.items() if k != "evidence"}
+                          for link in self.monitor.links.view()]}
 
     async def _op_health(self) -> dict[str, Any]:
         """Every known node's state with its evidence: asked of each node now, or, from
@@ -501,7 +535,12 @@ class Node:
             for p in self.peers.values():
                 nursery.start_soon(ask, p)
         nodes[1:] = sorted(nodes[1:], key=lambda n: (n["site"], n["id"]))
-        return {"nodes": nodes, "links": []}
+        # Each link as the node at its receiving end measured it.
+        links = [{**link, "from": n["id"], "from_site": n["site"],
+                  "to_site": self._site_of_hex(link["peer"])}
+                 for n in nodes for link in n.pop("links", None) or []
+                 if isinstance(link, dict) and isinstance(link.get("peer"), str)]
+        return {"nodes": nodes, "links": links}
 
     async def _op_peers(self) -> list[dict[str, Any]]:
         in_table = {c.node_id for c in self.dht.contacts()}

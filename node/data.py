@@ -269,6 +269,7 @@ class DataService:
                 try:
                     stats = await fetch_from(self, need, holders, name, landed)
                 except FetchError as exc:
+                    self.node.monitor.transferred(exc.stats)
                     self.counters["transfers_failed"] += 1
                     log(logger, "transfer.failed", logging.WARNING, dataset=name,
                         reason=str(exc))
@@ -276,6 +277,7 @@ class DataService:
                 except QuotaExceeded as exc:
                     raise RpcError("quota", f"dataset {name} does not fit this node's "
                                    f"storage quota: {exc}") from None
+                self.node.monitor.transferred(stats)
                 fetched = stats.bytes_fetched
                 self.counters["transfers"] += 1
                 self.counters["bytes_fetched"] += fetched

@@ -10,6 +10,7 @@ file                    what
 ``config.toml``         node configuration
 ``state.sqlite``        local state (peers, ...), WAL
 ``admin.sock``          local admin socket (0600)
+``console.token``       the web console's admin token (0600), made at start
 ``authority.key``       the grid authority key (only in the authority's dir)
 ``revocations``         the authority's signed revocation list
 ``user.key/user.cert``  a local user, made by a one-node ``init``

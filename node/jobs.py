@@ -299,3 +299,22 @@ def sandbox_root(datadir_root: Path) -> Path:
     root.mkdir(exist_ok=True, mode=0o700)
     os.chmod(root, 0o700)
     return root
+
+
+def record_view(rec: JobRecord) -> dict[str, Any]:
+    spec = rec.job.spec
+    f = rec.failure
+    return {
+        "id": rec.job.hex_id, "name": spec.name, "user": rec.job.user.name,
+        "task": spec.task_id or None, "index": spec.index, "state": rec.state,
+        "attempt": rec.attempt, "max_attempts": spec.max_attempts, "argv": list(spec.argv),
+        "cores": spec.cores, "memory_mb": spec.memory_mb, "walltime_s": spec.walltime_s,
+        "priority": spec.priority, "submitted": rec.job.submitted,
+        "worker": rec.lease.worker.hex() if rec.lease else None,
+        "home": [h.hex() for h in rec.home],
+        "history": [{"time": e.time, "state": e.state, "reason": e.reason,
+                     "node": e.node.hex() or None} for e in rec.history],
+        "failure": None if f is None else {
+            "code": f.code, "diagnosis": f.diagnosis, "exit_code": f.exit_code,
+            "signal": f.signal, "stderr_tail": list(f.stderr_tail), "node": f.node.hex()},
+    }

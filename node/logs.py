@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import deque
 from typing import Any
 
 from overlay import log_event
@@ -40,6 +41,27 @@ class LogfmtFormatter(logging.Formatter):
         if record.exc_info:
             parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
         return " ".join(parts)
+
+
+class RecentLogs(logging.Handler):
+    """The node's last ``size`` log lines in memory, for the admin console."""
+
+    def __init__(self, size: int = 1000) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: deque[tuple[float, int, str]] = deque(maxlen=size)
+        self.setFormatter(LogfmtFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append((record.created, record.levelno, self.format(record)))
+        except Exception:  # a log line must never break the node
+            self.handleError(record)
+
+    def tail(self, min_level: int = logging.DEBUG, limit: int = 200) -> list[dict[str, Any]]:
+        """The newest ``limit`` lines at ``min_level`` or above, oldest first."""
+        found = [(t, lvl, text) for t, lvl, text in self.lines if lvl >= min_level]
+        return [{"time": t, "level": logging.getLevelName(lvl).lower(), "line": text}
+                for t, lvl, text in found[-limit:]]
 
 
 def setup_logging(level: str) -> None:

@@ -21,17 +21,16 @@ import logging
 import math
 import os
 import shutil
-import socket
 import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from steering import ClaimPlan, Classifier, HealthParams, NodeView, claim
+from steering import ClaimPlan, Classifier, HealthParams, LinkBook, NodeView, claim
 
-from .config import parse_hostport
 from .executor import ExecutorError, RunSpec
+from .http import serve_http
 from .logs import log
 from .release import stuck_stage_ins
 
@@ -41,7 +40,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("gridnode.monitor")
 
 SAMPLES = ("slots_total", "slots_free", "jobs_running", "load", "disk_free_bytes",
-           "store_used_bytes", "jobs_ok", "jobs_failed", "failure_rate", "pressure")
+           "store_used_bytes", "jobs_ok", "jobs_failed", "failure_rate", "pressure",
+           "jobs_waiting", "queue_wait", "transfer_bytes_per_s")
 HEALTH = ("ok", "congested", "failing")
 
 
@@ -54,10 +54,12 @@ class Monitor:
         self.health = Classifier(HealthParams(), time.time())
         self.broker = self.cfg.broker_params()
         self._cpu_bound = True  # the last pressure sample came from the CPU, not the disk
+        self.links = LinkBook()  # the peers this node fetched chunks from
         self._pending: list[dict[str, float]] = []
         self.metrics_url: str | None = None
         self.changed = False  # the health state changed since the record was published
         self._seen = (0, 0)  # the runner's outcome counts at the last sample
+        self._fetched = (0.0, 0)  # (time, bytes fetched) at the last sample
         self.counters: Counter[str] = Counter()
 
     def sample(self, now: float) -> dict[str, float]:
@@ -74,18 +76,42 @@ class Monitor:
         pressure = max(min(2.0, load / 2), used)
         self._cpu_bound = min(2.0, load / 2) >= used
         self.health.sample(now, pressure)
-        return {"slots_total": float(ex.cores), "slots_free": float(free_cores),
+        waiting, wait = self.queue_wait(now)
+        fetched = self.node.data.counters["bytes_fetched"]
+        then, before = self._fetched
+        self._fetched = (now, fetched)
+        rate = (fetched - before) / (now - then) if then and now > then else 0.0
+        return {"jobs_waiting": float(waiting), "queue_wait": round(wait, 3),
+                "transfer_bytes_per_s": round(rate, 1), "slots_total": float(ex.cores),
+                "slots_free": float(free_cores),
                 "jobs_running": float(len(ex.running())), "load": round(load, 3),
                 "disk_free_bytes": float(disk.free),
                 "store_used_bytes": float(self.node.data.store.used_bytes),
                 "jobs_ok": float(new_ok), "jobs_failed": float(new_failed),
                 "failure_rate": self.health.failure_rate, "pressure": round(pressure, 3)}
 
+    def queue_wait(self, now: float) -> tuple[int, float]:
+        """(jobs waiting to be claimed among those this node's queue leads, their mean
+        seconds since they were last activated)."""
+        queue = self.node.queue
+        ages = []
+        for j in queue.match.job_ids():
+            slot = queue.slots.get(j)
+            rec = slot.record if slot is not None else None
+            if rec is not None:
+                since = next((e.time for e in reversed(rec.history) if e.state == "activated"),
+                             rec.job.submitted)
+                ages.append(max(0.0, now - since))
+        return len(ages), (sum(ages) / len(ages) if ages else 0.0)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         async with trio.open_nursery() as nursery:
             if self.cfg.metrics_listen:  # "" turns /metrics off
-                await nursery.start(self._serve_metrics)
+                address = self.node.cfg.metrics_address(
+                    self.node.bound[1] if self.node.bound else 0)
+                url = await nursery.start(serve_http, self._metrics_app(), address, "metrics")
+                self.metrics_url = f"{url}/metrics" if url else None
             task_status.started()
             next_probe = 0.0
             while True:
@@ -98,6 +124,11 @@ class Monitor:
     async def tick(self, now: float) -> None:
         before = self.health.state
         values = self.sample(now)
+        for peer, was, state in self.links.sample(now):
+            link = self.links.links[peer]
+            log(logger, "link.changed", logging.WARNING if state != "ok" else logging.INFO,
+                peer=peer, site=self.node.site_of(peer), state=state, was=was,
+                reason=link.classifier.reason)
         for name, v in values.items():
             self.series[name].append((now, v))
         self._note_change(before, self.health.reason)
@@ -125,6 +156,13 @@ class Monitor:
         log(logger, "health.changed", logging.WARNING if self.health.state != "ok"
             else logging.INFO, state=self.health.state, was=before, reason=reason)
         return True
+
+    def transferred(self, stats: Any) -> None:
+        """A chunk fetch ended (``replication.FetchStats``): what each holder gave."""
+        now = time.time()
+        for peer in set(stats.bytes_by_holder) | set(stats.failures):
+            self.links.observe(now, peer, stats.bytes_by_holder.get(peer, 0), stats.seconds,
+                               stats.failures.get(peer, 0))
 
     def view(self, free_cores: int) -> NodeView:
         """This node as the brokerage sees a node (steering.NodeView)."""
@@ -231,10 +269,7 @@ class Monitor:
                   for s in HEALTH]
         return "\n".join(lines) + "\n"
 
-    async def _serve_metrics(self, *, task_status: trio.TaskStatus[None]
-                             = trio.TASK_STATUS_IGNORED) -> None:
-        from hypercorn.config import Config as HttpConfig
-        from hypercorn.trio import serve
+    def _metrics_app(self) -> Any:
         from starlette.applications import Starlette
         from starlette.requests import Request
         from starlette.responses import PlainTextResponse
@@ -244,34 +279,7 @@ class Monitor:
             return PlainTextResponse(await self.prometheus(),
                                      media_type="text/plain; version=0.0.4")
 
-        app = Starlette(routes=[Route("/metrics", metrics)])
-        config = HttpConfig()
-        config.bind = [self.node.cfg.metrics_address(self.node.bound[1]
-                                                     if self.node.bound else 0)]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("gridnode.http")
-        try:
-            _check_free(config.bind[0])  # Hypercorn would leak its socket on a taken port
-        except OSError as exc:  # the node serves on without /metrics
-            log(logger, "metrics.unavailable", logging.WARNING, address=config.bind[0],
-                reason=str(exc))
-            task_status.started()
-            return
-        async with trio.open_nursery() as nursery:
-            urls = await nursery.start(serve, app, config)
-            self.metrics_url = f"{urls[0]}/metrics" if urls else None
-            log(logger, "metrics.serving", url=self.metrics_url,
-                reason="monitor.metrics_listen is set")
-            task_status.started()
-
-
-def _check_free(address: str) -> None:
-    """Raise OSError if ``address`` cannot be listened on now."""
-    host, port = parse_hostport(address, "monitor.metrics_listen")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((host, port))
+        return Starlette(routes=[Route("/metrics", metrics)])
 
 
 def _escape(text: str) -> str:

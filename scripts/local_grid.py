@@ -304,6 +304,18 @@ def terminate(procs: dict[int, subprocess.Popen]) -> list[int]:
     return codes
 
 
+def console_link(root: Path) -> None:
+    """Node 0's admin console: where a site admin would look."""
+    d = root / "node-00"
+    try:
+        url = admin_call(d / "admin.sock", "status", timeout=5)["console"]["url"]
+        token = (d / "console.token").read_text().strip()
+    except (UserError, OSError, KeyError, TypeError):
+        log("node 0's console is not serving (see grid/node-00/node.log)")
+        return
+    log(f"node 0's admin console: {url}/login?token={token}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, default=Path("grid"), help="where the data dirs live")
@@ -345,9 +357,11 @@ def main() -> int:
         else:
             print_table(rows)
         if args.detach:
+            console_link(root)
             (root / "pids.json").write_text(json.dumps({str(i): p.pid for i, p in procs.items()}))
             log(f"detached; stop with: python scripts/local_grid.py --dir {args.dir} --stop")
             return 0
+        console_link(root)
         log("grid running; Ctrl-C stops it")
         watch(root, args.nodes, procs)
         log("a node exited; stopping the others")

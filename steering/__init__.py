@@ -20,6 +20,7 @@ from .health import Classifier, HealthError, HealthParams
 from .homeset import DEFAULT_R, Slot, home_set
 from .job import JobSpec, SignedJob, SpecError, parse_job_id
 from .jobs import JobService
+from .links import Link, LinkBook
 from .matching import Capacity, Offer
 from .placement import NodeSeen, Placement, node_state
 from .queue import Membership, QueueConfig, QueueNode, SlotStore
@@ -49,6 +50,8 @@ __all__ = [
     "Failure",
     "JobRecord",
     "JobService",
+    "Link",
+    "LinkBook",
     "JobSpec",
     "Membership",
     "Offer",

@@ -211,9 +211,12 @@ class JobService:
         if rec.job.user_id != ctx.peer_id and not admin:
             raise RpcError("forbidden", f"job {rec.job.hex_id} belongs to {rec.job.user.name}; "
                            f"only its user or a grid admin may cancel it")
+        return await self.cancel(rec, f"{ctx.peer.name} ({'admin' if admin else 'owner'})")
+
+    async def cancel(self, rec: JobRecord, who: str) -> str:
+        """Have the job's primary cancel it (the caller checked who may)."""
         if rec.final:
             return rec.state
-        who = f"{ctx.peer.name} ({'admin' if admin else 'owner'})"
         for member in rec.home:
             try:
                 if member == self.membership.me:

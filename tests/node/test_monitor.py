@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import socket
 import sqlite3
 import urllib.request
@@ -70,7 +71,8 @@ async def test_a_taken_metrics_port_is_logged_and_the_node_serves_on(short_tmp, 
             [node] = await grid_of(nursery, dirs, monitor={
                 "interval": 0.1, "metrics_listen": f"127.0.0.1:{port}"})
             assert node.monitor.metrics_url is None
-            assert "metrics.unavailable" in caplog.text
+            [refused] = [r for r in caplog.records if r.msg == "http.unavailable"]
+            assert refused.fields["what"] == "metrics"  # type: ignore[attr-defined]
             assert (await node._op_status())["peers_known"] == 0  # still answering
             nursery.cancel_scope.cancel()
 
@@ -116,3 +118,35 @@ async def test_claims_follow_the_brokerage_claim_rule(short_tmp):
         plan = mon.claim_plan(8)
         assert (plan.jobs, plan.stage_ins, plan.state) == (0, 0, "failing")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_transfer_gives_the_link_a_state_shown_by_health(short_tmp, tmp_path):
+    from node.client import Client
+    from replication import ReplicationPolicy
+    from tests.node.test_daemon import address
+
+    dirs = make_grid(short_tmp, 2)
+    async with trio.open_nursery() as nursery:
+        a, b = await grid_of(nursery, dirs, monitor={"interval": 0.1},
+                             replication={"interval": 3600.0})
+        (tmp_path / "f").write_bytes(os.urandom(3 << 20))
+        async with Client.connect(address(a)) as c:
+            rec = await c.put("big", [tmp_path / "f"], policy=ReplicationPolicy(1, 1))
+        name = str(rec.name)
+        holder, reader = (a, b) if name in a.data.holdings else (b, a)
+        async with Client.connect(address(reader)) as c:
+            await c.get(name, tmp_path / "out")
+        link = await until(lambda: _link(reader, holder))
+        assert link["state"] == "ok" and link["bytes"] >= 3 << 20 and link["transfers"] == 1
+        assert link["rate"] > 0 and link["best"] == link["rate"]
+        health = await reader._op_health()
+        [seen] = [x for x in health["links"] if x["peer"] == holder.key.id.hex()]
+        assert seen["from"] == reader.key.id.hex() and seen["to_site"] == holder.cert.name
+        assert seen["state"] == "ok" and seen["reason"]
+        nursery.cancel_scope.cancel()
+
+
+async def _link(reader, holder):
+    links = {x["peer"]: x for x in reader.monitor.links.view()}
+    link = links.get(holder.key.id.hex())
+    return link if link and link["rate"] is not None else None
