@@ -267,7 +267,8 @@ class DataService:
                     progress[1:] = [float(done), float(total)]
 
                 try:
-                    stats = await fetch_from(self, need, holders, name, landed)
+                    stats = await fetch_from(self, need, holders, name, landed,
+                                             self.node.monitor.transferred)
                 except FetchError as exc:
                     self.node.monitor.transferred(exc.stats)
                     self.counters["transfers_failed"] += 1
