@@ -77,7 +77,6 @@ class NodeMembership:
                                 cap.get("disk_gb", 0) * 1024, labels))
         return out
 
-
     def nodes_seen(self) -> list[NodeSeen]:
         """The compute nodes as their newest records say (this one: now), ok ones and
         those with the most free slots first; for the queue's placement notes.  Worked
