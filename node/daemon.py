@@ -501,7 +501,7 @@ class Node:
         ex = self.executor.statistics()
         return {"id": self.key.id.hex(), "site": self.cert.name, **self.monitor.summary(),
                 "evidence": self.monitor.health.evidence(), "last_seen": time.time(),
-                "reason": self.monitor.health.reason, "cores": ex["cores"],
+                "reason": self.monitor.health.current_reason(), "cores": ex["cores"],
                 "jobs_running": ex["running"], "jobs_waiting": len(self.queue.match),
                 "store_used_bytes": self.data.store.used_bytes,
                 "store_quota_bytes": self.data.store.quota_bytes,

@@ -139,6 +139,11 @@ class Classifier:
             self.reason = self._why()
         return state
 
+    def current_reason(self) -> str:
+        """Why the state is what it is, from the evidence now (``reason`` is the one
+        given when it last changed)."""
+        return self._why()
+
     def _why(self) -> str:
         if self.state == "failing":
             return (f"{self.failure_rate:.0%} of the last {len(self.results)} jobs failed "

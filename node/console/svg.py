@@ -55,9 +55,9 @@ def line_plot(points: Sequence[tuple[float, float]], *, title: str, unit: str = 
     for v in (vmin, (vmin + vmax) / 2, vmax):
         parts.append(f'<text class="tick" x="{LEFT - 4}" y="{y(v) + 4:.1f}" '
                      f'text-anchor="end">{escape(_fmt(v))}</text>')
-    for t in (t0, (t0 + t1) / 2, t1):
+    for t, anchor in ((t0, "start"), ((t0 + t1) / 2, "middle"), (t1, "end")):
         parts.append(f'<text class="tick" x="{x(t):.1f}" y="{height - 8}" '
-                     f'text-anchor="middle">{escape(_clock(t, span))}</text>')
+                     f'text-anchor="{anchor}">{escape(_clock(t, span))}</text>')
     coords: list[str] = []
     for i, (t, v) in enumerate(points):
         if step and i:

@@ -56,7 +56,8 @@ async def node_view(node: Node, level: str = "info") -> dict[str, Any]:
         "dht": {"records_held": node.dht.statistics()["records_held"],
                 "contacts": node.dht.statistics()["contacts"]},
         "peers_known": len(node.peers),
-        "health": {"state": node.monitor.health.state, "reason": node.monitor.health.reason},
+        "health": {"state": node.monitor.health.state,
+                   "reason": node.monitor.health.current_reason()},
         "site_controls": node.site.view(),
         "refused": refused_counters(node),
         "logs": node.recent_logs.tail(LOG_LEVELS[level]),
@@ -219,18 +220,21 @@ async def dataset_view(node: Node, text: str) -> dict[str, Any]:
 
 
 async def health_view(node: Node, hours: float) -> dict[str, Any]:
-    """This node's samples over time: the history in the state file, then the
-    samples in memory not yet folded into it."""
+    """This node's samples over time: the history in the state file (means of
+    ``monitor.history_every`` samples) until the samples still in memory begin,
+    then those."""
     if not 0 < hours <= 24 * 31:
         raise BadParameter("hours must be more than 0 and at most 744")
     since = time.time() - hours * 3600
     series: dict[str, list[tuple[float, float]]] = {name: [] for name in SAMPLES}
+    recent = {name: [(t, v) for t, v in s if t >= since]
+              for name, s in node.monitor.series.items()}
     for t, name, value in await node.state.metrics(since):
-        if name in series:
+        # The history's coarse rows up to where the samples in memory begin.
+        if name in series and not (recent.get(name) and t >= recent[name][0][0]):
             series[name].append((t, value))
-    for name, recent in node.monitor.series.items():
-        last = series[name][-1][0] if series[name] else since
-        series[name] += [(t, v) for t, v in recent if t > last]
+    for name, samples in recent.items():
+        series[name] += samples
     return {"hours": hours, "state": node.monitor.health.state,
-            "reason": node.monitor.health.reason,
+            "reason": node.monitor.health.current_reason(),
             "evidence": node.monitor.health.evidence(), "series": series}

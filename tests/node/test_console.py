@@ -119,8 +119,12 @@ async def test_login_pages_api_and_refusals(short_tmp, caplog):
         assert any("node.started" in e["line"] for e in data["logs"])
         status, _, body = await call(url, path="/api/grid", headers=bearer(node))
         assert status == 200 and json.loads(body)["nodes"][0]["self"] is True
+        while len(node.monitor.series["load"]) < 3:  # noqa: ASYNC110 - the monitor's own pace
+            await trio.sleep(0.05)
         status, _, body = await call(url, path="/api/health?hours=1", headers=bearer(node))
-        assert status == 200 and "load" in json.loads(body)["series"]
+        load = json.loads(body)["series"]["load"]
+        assert status == 200 and len(load) >= len(node.monitor.series["load"]) > 1
+        assert [t for t, _ in load] == sorted(t for t, _ in load)
 
         # Malformed parameters: 400 with a short message; unknown things: 404.
         for path in ("/api/jobs?state=sleeping", "/api/health?hours=nan",
