@@ -18,6 +18,7 @@ from replication import DatasetName, DatasetNameError
 from steering import STATES as JOB_STATES
 from steering import JobRecord, parse_job_id
 
+from ..explain import explain_view
 from ..jobs import record_view
 from ..monitor import SAMPLES
 from ..replicas import parse_name
@@ -145,6 +146,9 @@ async def job_view(node: Node, ident: str) -> dict[str, Any]:
     view["sites"] = {n: sites.get(n, "?") for n in
                      {e["node"] for e in view["history"] if e["node"]}
                      | ({view["worker"]} if view["worker"] else set())}
+    view["explain"] = explain_view(rec)
+    view["sites"].update({n: sites.get(n, "?") for a in view["explain"]["attempts"]
+                          for n in [a["worker"]] + [o["id"] for o in a["nodes"]]})
     view["runs_here"] = job_id in node.worker.held
     view["stdout"] = await _log_tail(node, job_id, "stdout")
     view["stderr"] = await _log_tail(node, job_id, "stderr")

@@ -152,6 +152,9 @@ async def test_console_in_a_browser(short_tmp, browser):
         page.shot("jobs")
         text = await page.until(f"/jobs/{done.hex()}", "hello from the grid")
         assert "finished" in text and "running" in text  # its history
+        placed = browser.find_elements("css selector", "#placements tbody tr")
+        assert len(placed) == 1 and placed[0].text.startswith("1 ")  # attempt 1 and why
+        assert "at most" in placed[0].text and "finished" in placed[0].text
         page.shot("job")
 
         text = await page.until("/datasets", dataset)
