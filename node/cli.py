@@ -333,11 +333,12 @@ def cmd_health(args: argparse.Namespace) -> int:
     else:
         health = admin_call(_datadir(args).admin_socket, "health")
     rows = [f"{'ID':<12}  {'SITE':<16}  {'STATE':<9}  {'PRESSURE':>8}  {'FAILED':>6}  "
-            f"{'FREE SLOTS':>10}  LAST SEEN"]
+            f"{'FREE SLOTS':>10}  {'RTT MS':>7}  LAST SEEN"]
     for n in health["nodes"]:
+        rtt = n.get("rtt_ms")
         rows.append(f"{n['id'][:12]:<12}  {n['site']:<16}  {n['state']:<9}  "
                     f"{n.get('pressure', 0.0):>8.2f}  {n.get('failure_rate', 0.0):>6.0%}  "
-                    f"{n.get('slots_free', '-')!s:>10}  "
+                    f"{n.get('slots_free', '-')!s:>10}  {'-' if rtt is None else rtt:>7}  "
                     f"{'this node' if n['self'] else _age(n['last_seen'])}")
         if n.get("evidence") and n["state"] != "ok":
             rows.append(f"    {n['evidence']['reason']}")

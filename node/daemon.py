@@ -507,7 +507,13 @@ class Node:
                 "store_quota_bytes": self.data.store.quota_bytes,
                 "drained": self.site.drain is not None,
                 "links": [{k: v for k, v in link.items() if k != "evidence"}
+                          | {"rtt_ms": self.rtt_ms(bytes.fromhex(link["peer"]))}
                           for link in self.monitor.links.view()]}
+
+    def rtt_ms(self, node_id: bytes) -> float | None:
+        """Latency to a peer: the least round trip of the last calls to it."""
+        rtt = self.pool.rtt(node_id)
+        return None if rtt is None else round(rtt * 1000, 2)
 
     async def _op_health(self) -> dict[str, Any]:
         """Every known node's state with its evidence: asked of each node now, or, from
@@ -523,7 +529,7 @@ class Node:
                 async with limiter:
                     live = await self.pool.call(host, port, "health.self", None,
                                                 expect_id=p.node_id, timeout=3.0)
-                entry.update(dict(live), source="asked now")
+                entry.update(dict(live), source="asked now", rtt_ms=self.rtt_ms(p.node_id))
             except (RpcError, UserError, IndexError, TypeError, ValueError) as exc:
                 h = self.health.get(p.node_id, {})
                 entry.update(state=h.get("state", "unknown"), **h,

@@ -41,6 +41,12 @@ class RpcPool:
     def statistics(self) -> dict[str, int]:
         return {**self.counters, "connections_pooled": len(self._clients)}
 
+    def rtt(self, node_id: bytes) -> float | None:
+        """The least round trip (seconds) of the last calls to this peer over its
+        pooled connection; None without one or before a call was answered."""
+        client = self._clients.get(node_id)
+        return client.rtt if client is not None else None
+
     async def client(self, host: str, port: int, *,
                      expect_id: bytes | None = None) -> RpcClient:
         """The live connection to this peer, opened if there is none."""

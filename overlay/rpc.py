@@ -26,6 +26,7 @@ bug is logged there and reaches the caller as ``internal``.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ logger = logging.getLogger("gridnode.rpc")
 
 REQUEST, STREAM, RESULT, ERROR, ITEM, END, CANCEL, CREDIT = range(8)
 MAX_IN_FLIGHT = 1024
+RTT_WINDOW = 16  # round trips a client keeps
 MAX_WINDOW = 1024
 MAX_METHOD = 64
 ACCESS = ("member", "node", "user", "admin")
@@ -312,6 +314,13 @@ class RpcClient:
         self.closed: str | None = None  # why, once the connection is gone
         self.closed_event = trio.Event()
         self.last_used = trio.current_time()
+        # Round trips of the last calls answered (seconds): their minimum is the
+        # latency to the peer with the least of its processing time in it.
+        self.round_trips: deque[float] = deque(maxlen=RTT_WINDOW)
+
+    @property
+    def rtt(self) -> float | None:
+        return min(self.round_trips) if self.round_trips else None
 
     @property
     def busy(self) -> bool:
@@ -406,6 +415,7 @@ class RpcClient:
             await self._slots.acquire()
         try:
             call_id, call = self._start()
+            started = self.last_used
             completed = False
             try:
                 if timeout is None:  # no cancel scope: it costs more than the rest of a call
@@ -432,6 +442,7 @@ class RpcClient:
                     await self._cancel(call_id)
         finally:
             self._slots.release()
+        self.round_trips.append(trio.current_time() - started)
         ok, value = call.outcome
         if not ok:
             raise value

@@ -32,6 +32,11 @@ JOB_LIST_LIMIT = 500
 LOG_TAIL_BYTES = 64 * 1024
 
 
+LINK_FIELDS = {"from": "", "from_site": "?", "to_site": "?", "peer": "", "state": "unknown",
+               "reason": "", "rate": None, "best": None, "rtt_ms": None, "transfers": 0,
+               "failures": 0}
+
+
 class NotFound(LookupError):
     """The thing asked for does not exist (HTTP 404)."""
 
@@ -99,9 +104,13 @@ async def grid_view(node: Node) -> dict[str, Any]:
             "storage_used_bytes": h.get("store_used_bytes"),
             "storage_total_bytes": h.get("store_quota_bytes"),
             "last_seen": h.get("last_seen"), "source": h.get("source", ""),
+            "rtt_ms": h.get("rtt_ms"),
         })
     states = Counter(r["state"] for r in rows)
-    return {"nodes": rows, "states": dict(states), "links": health.get("links", [])}
+    # What peers said of their links: only the fields shown, each with a default.
+    links = [{k: link.get(k, d) for k, d in LINK_FIELDS.items()}
+             for link in health.get("links", [])]
+    return {"nodes": rows, "states": dict(states), "links": links}
 
 
 async def jobs_view(node: Node, state: str | None, user: str | None,

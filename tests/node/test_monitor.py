@@ -143,6 +143,10 @@ async def test_a_transfer_gives_the_link_a_state_shown_by_health(short_tmp, tmp_
         [seen] = [x for x in health["links"] if x["peer"] == holder.key.id.hex()]
         assert seen["from"] == reader.key.id.hex() and seen["to_site"] == holder.cert.name
         assert seen["state"] == "ok" and seen["reason"]
+        # Latency: the least round trip of the calls over the pooled connection.
+        assert 0 < seen["rtt_ms"] < 5000
+        [row] = [n for n in health["nodes"] if n["id"] == holder.key.id.hex()]
+        assert row["source"] == "asked now" and 0 < row["rtt_ms"] <= seen["rtt_ms"]
         nursery.cancel_scope.cancel()
 
 
