@@ -53,6 +53,15 @@ class Grid:
             text = re.sub(r"(?m)^cores = .*", "cores = 2", text)
             config.write_text(text)
 
+    def edit_config(self, i: int, *changes: tuple[str, str]) -> None:
+        """Replace text in node i's config.toml; each old text must be there."""
+        config = self.dir(i) / "config.toml"
+        text = config.read_text()
+        for old, new in changes:
+            assert old in text, f"{old!r} not in {config}"
+            text = text.replace(old, new)
+        config.write_text(text)
+
     def start(self, i: int) -> None:
         argv = [sys.executable, "-m", "node", "run", "--data-dir", str(self.dir(i))]
         if i:

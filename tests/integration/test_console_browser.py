@@ -91,11 +91,8 @@ async def test_console_in_a_browser(short_tmp, browser):
     g = Grid(short_tmp, 3)
     g.prepare()
     for i in range(3):
-        config = g.dir(i) / "config.toml"
-        text = config.read_text().replace('[console]\nlisten = "auto"',
-                                          '[console]\nlisten = "127.0.0.1:0"')
-        config.write_text(text.replace("[monitor]\ninterval = 10.0", "[monitor]\ninterval = 0.5"))
-    for i in range(3):
+        g.edit_config(i, ('[console]\nlisten = "auto"', '[console]\nlisten = "127.0.0.1:0"'),
+                      ("[monitor]\ninterval = 10.0", "[monitor]\ninterval = 0.5"))
         g.start(i)
     try:
         await g.converge()

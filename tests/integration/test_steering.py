@@ -42,11 +42,8 @@ async def test_a_failing_node_gets_no_jobs_until_its_probes_pass(short_tmp):
     g = Grid(short_tmp, 3)
     g.prepare()
     for i in range(3):
-        config = g.dir(i) / "config.toml"
-        text = config.read_text().replace("[monitor]\ninterval = 10.0",
-                                          "[monitor]\ninterval = 0.3")
-        config.write_text(text.replace("probe_interval = 60.0", "probe_interval = 1.0"))
-    for i in range(3):
+        g.edit_config(i, ("[monitor]\ninterval = 10.0", "[monitor]\ninterval = 0.3"),
+                      ("probe_interval = 60.0", "probe_interval = 1.0"))
         g.start(i)
     try:
         await g.converge()
