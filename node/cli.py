@@ -347,11 +347,12 @@ def cmd_health(args: argparse.Namespace) -> int:
              if not links else f"{'LINK (FROM -> TO)':<36}  {'STATE':<9}  {'RATE MB/s':>9}  "
              f"{'BEST':>7}  {'FAILED':>6}  REASON"]
     for link in links:
-        rate, best = (link.get(k) for k in ("rate", "best"))
-        rows.append(f"{link['from_site'] + ' -> ' + link['to_site']:<36}  {link['state']:<9}  "
+        rate, best = link["rate"], link["best"]
+        rows.append(f"{link['from_site'] + ' -> ' + link['to_site']:<36}  "
+                    f"{link['state']:<9}  "
                     f"{'-' if rate is None else f'{rate / 1e6:.1f}':>9}  "
                     f"{'-' if best is None else f'{best / 1e6:.1f}':>7}  "
-                    f"{link.get('failures', 0):>6}  {link.get('reason', '')}")
+                    f"{link['failures']:>6}  {link['reason']}")
     print_result(health, args.json, "\n".join(rows))
     return 0
 

@@ -544,8 +544,8 @@ class Node:
         # Each link as the node at its receiving end measured it.
         links = [{**link, "from": n["id"], "from_site": n["site"],
                   "to_site": self._site_of_hex(link["peer"])}
-                 for n in nodes for link in n.pop("links", None) or []
-                 if isinstance(link, dict) and isinstance(link.get("peer"), str)]
+                 for n in nodes for link in map(_link_report, n.pop("links", None) or [])
+                 if link is not None]
         return {"nodes": nodes, "links": links}
 
     async def _op_peers(self) -> list[dict[str, Any]]:
@@ -554,6 +554,25 @@ class Node:
                  "roles": list(p.roles), "last_seen": p.last_seen,
                  "in_routing_table": p.node_id in in_table}
                 for p in sorted(self.peers.values(), key=lambda p: p.site)]
+
+
+def _link_report(link: Any) -> dict[str, Any] | None:
+    """A link as a node reported it, with only the fields shown, each checked (a
+    peer's answer may hold anything); None if it names no peer."""
+    if not (isinstance(link, dict) and isinstance(link.get("peer"), str)):
+        return None
+
+    def number(key: str) -> float | None:
+        v = link.get(key)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    state = link.get("state")
+    return {"peer": link["peer"][:64],
+            "state": state if state in ("ok", "congested", "failing") else "unknown",
+            "reason": str(link.get("reason", ""))[:300], "rate": number("rate"),
+            "best": number("best"), "rtt_ms": number("rtt_ms"),
+            "transfers": int(number("transfers") or 0),
+            "failures": int(number("failures") or 0)}
 
 
 async def _stored_revocations(state: State, datadir: DataDir, grid: GridInfo) -> RevocationList:

@@ -154,3 +154,13 @@ async def _link(reader, holder):
     links = {x["peer"]: x for x in reader.monitor.links.view()}
     link = links.get(holder.key.id.hex())
     return link if link and link["rate"] is not None else None
+
+
+def test_a_peers_link_report_keeps_only_checked_fields():
+    from node.daemon import _link_report
+
+    assert _link_report("junk") is None and _link_report({"state": "ok"}) is None
+    r = _link_report({"peer": "ab" * 40, "state": "evil", "rate": "fast", "best": 2,
+                      "transfers": True, "failures": 3.0, "reason": 5, "extra": [1]})
+    assert r == {"peer": "ab" * 32, "state": "unknown", "reason": "5", "rate": None,
+                 "best": 2.0, "rtt_ms": None, "transfers": 0, "failures": 3}
