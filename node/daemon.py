@@ -130,6 +130,7 @@ class Node:
                  **self.data.methods()}
         self.site = SiteControls(self)
         self.worker.claim_plan = self.site.claim_plan
+        self.worker.datasets_held = lambda: sorted(self.data.holdings)
         self.recent_logs = RecentLogs()
         self.console: Any = None  # node.console.Console once it serves
         self.runner.on_outcome = self.monitor.outcome

@@ -24,6 +24,8 @@ from .job import JobSpec
 # How many jobs of one user a claim looks at for one that fits before it
 # moves on to the next user: bounds the cost of a claim.
 SCAN_PER_USER = 32
+# Dataset names a claim may say its worker holds (Offer.held).
+MAX_HELD = 512
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,16 @@ class Offer:
     # placement note (steering.placement); "" when it did not say.
     state: str = ""
     why: str = ""
+    # Datasets (SCOPE:NAME) the worker holds complete: a job reading only those
+    # needs no transfer there, is preferred among a user's next jobs, and does
+    # not count against max_stage_ins (steering.brokerage rules a, b).
+    held: frozenset[str] = frozenset()
+
+
+def dataset_names(inputs: Iterable[str], user: str) -> tuple[str, ...]:
+    """A job's inputs as SCOPE:NAME (a bare NAME is in its user's scope), as the
+    node's holdings name them."""
+    return tuple(t if ":" in t else f"{user}:{t}" for t in (x.strip() for x in inputs))
 
 
 def fits(spec: JobSpec, *, site: str, labels: frozenset[str], cores: int, memory_mb: int,
@@ -86,6 +98,12 @@ class Entry:
     spec: JobSpec = field(compare=False)
     # The worker that has just released it: not given it again (brokerage rule c).
     excluded: bytes = field(default=b"", compare=False)
+    # Its input datasets as SCOPE:NAME (dataset_names).
+    inputs: tuple[str, ...] = field(default=(), compare=False)
+
+    def local_to(self, held: frozenset[str]) -> bool:
+        """Does a worker holding ``held`` have every input of this job?"""
+        return bool(self.inputs) and all(n in held for n in self.inputs)
 
 
 class _UserJobs:
@@ -186,11 +204,11 @@ class MatchQueue:
                     if user in exhausted:
                         continue
                     window = jobs.window(SCAN_PER_USER + len(taken))
-                    head = next((e for e in window if e.job_id not in taken
-                                 and (moves > 0 or not e.spec.inputs)
-                                 and e.excluded != offer.worker
-                                 and fits(e.spec, site=offer.site, labels=offer.labels,
-                                          cores=cores, memory_mb=memory, disk_mb=disk)), None)
+                    ok = (e for e in window if e.job_id not in taken
+                          and e.excluded != offer.worker
+                          and fits(e.spec, site=offer.site, labels=offer.labels,
+                                   cores=cores, memory_mb=memory, disk_mb=disk))
+                    head = _first(ok, offer.held, moves)
                     if head is None:
                         exhausted.add(user)
                         continue
@@ -201,7 +219,7 @@ class MatchQueue:
                     break
                 picked.append(best)
                 taken.add(best.job_id)
-                if best.spec.inputs:
+                if best.spec.inputs and not best.local_to(offer.held):
                     moves -= 1
                 counts[best.user] = counts.get(best.user, 0) + 1
                 cores -= best.spec.cores
@@ -210,3 +228,17 @@ class MatchQueue:
             if len(picked) >= offer.max_jobs:
                 break
         return picked
+
+
+def _first(fitting: Iterable[Entry], held: frozenset[str], moves: int) -> Entry | None:
+    """A user's job for a worker among those that fit, oldest first: the first whose
+    inputs the worker holds, else the oldest that needs no transfer or may have one."""
+    if not held:
+        return next((e for e in fitting if moves > 0 or not e.spec.inputs), None)
+    oldest = None
+    for e in fitting:
+        if e.local_to(held):
+            return e
+        if oldest is None and (moves > 0 or not e.spec.inputs):
+            oldest = e
+    return oldest

@@ -107,10 +107,12 @@ def placed(notes: tuple[Placement, ...], note: Placement) -> tuple[Placement, ..
 
 
 def rule_text(*, priority: int, user: str, user_running: int, age_s: float,
-              queued: int) -> str:
+              queued: int, local: bool = False) -> str:
     """The primary's reason for a pick, as the matcher ordered it (steering.matching)."""
     return (f"matched: requirements ok, priority {priority}, fair share: user {user[:40]} had "
-            f"{user_running} running, age {age_s:.0f} s, {queued} still queued")[:MAX_RULE]
+            f"{user_running} running, "
+            + ("its inputs are on the worker, " if local else "")
+            + f"age {age_s:.0f} s, {queued} still queued")[:MAX_RULE]
 
 
 def node_state(health: Any) -> tuple[str, int]:

@@ -36,7 +36,15 @@ from .homeset import (
     on_prepare,
 )
 from .job import SignedJob, job_id_of
-from .matching import Capacity, Entry, MatchQueue, Offer, fits_offer, schedulable
+from .matching import (
+    Capacity,
+    Entry,
+    MatchQueue,
+    Offer,
+    dataset_names,
+    fits_offer,
+    schedulable,
+)
 from .outbox import Outbox
 from .placement import MAX_NEXT, MAX_NODES, MAX_WHY, NodeSeen, Passed, Placement, placed, rule_text
 from .record import (
@@ -354,7 +362,8 @@ class QueueNode:
             if left and len(self.membership.capacities()) < 2:
                 left = b""
             self.match.add(Entry(rec.job.submitted, j, rec.job.user_id, rec.job.spec.priority,
-                                 rec.job.spec, left))
+                                 rec.job.spec, left,
+                                 dataset_names(rec.job.spec.inputs, rec.job.user.name)))
         else:
             self.match.remove(j)
         if rec.state in ("running", "transferring") and rec.lease is not None:
@@ -415,7 +424,8 @@ class QueueNode:
         """Lease jobs that fit ``offer`` to its worker, each with a placement note."""
         picked = self.match.pick(offer, dict(self.running))
         now = time.time()
-        chosen: list[tuple[JobRecord, int, int]] = []  # record, priority, user's running
+        # record, priority, its user's running jobs, inputs on the worker
+        chosen: list[tuple[JobRecord, int, int, bool]] = []
         counts = dict(self.running)  # fair share as the matcher counted it, pick by pick
         for e in picked:
             rec = self.slots[e.job_id].record
@@ -423,12 +433,12 @@ class QueueNode:
             counts[e.user] = user_running + 1
             self.match.remove(e.job_id)  # not handed out twice while the write is on its way
             if rec is not None and rec.state == "activated" and e.job_id in self.leading:
-                chosen.append((rec, e.priority, user_running))
+                chosen.append((rec, e.priority, user_running, e.local_to(offer.held)))
         grants = []
         if chosen:
             context = self._context(offer, now, counts)
-            for rec, priority, user_running in chosen:
-                note = self._note(offer, rec, priority, user_running, now, context)
+            for rec, priority, user_running, local in chosen:
+                note = self._note(offer, rec, priority, user_running, local, now, context)
                 grants.append(grant(rec, offer.worker, epoch=self.leading[rec.job_id], now=now,
                                     duration=self.config.lease_duration,
                                     placements=placed(rec.placements, note)))
@@ -464,8 +474,9 @@ class QueueNode:
         return queued, passed, nodes
 
     @staticmethod
-    def _note(offer: Offer, rec: JobRecord, priority: int, user_running: int, now: float,
-              context: tuple[int, tuple[Passed, ...], tuple[NodeSeen, ...]]) -> Placement:
+    def _note(offer: Offer, rec: JobRecord, priority: int, user_running: int, local: bool,
+              now: float, context: tuple[int, tuple[Passed, ...], tuple[NodeSeen, ...]]
+              ) -> Placement:
         """Why ``rec``'s next attempt goes to ``offer``'s worker (steering.placement)."""
         queued, passed, nodes = context
         return Placement(
@@ -473,7 +484,7 @@ class QueueNode:
             offer.max_jobs if offer.max_stage_ins is None else offer.max_stage_ins,
             offer.why[:MAX_WHY],
             rule_text(priority=priority, user=rec.job.user.name, user_running=user_running,
-                      age_s=max(0.0, now - rec.job.submitted), queued=queued),
+                      age_s=max(0.0, now - rec.job.submitted), queued=queued, local=local),
             queued, passed, nodes)
 
     def heartbeat(self, worker: bytes, leases: list[tuple[bytes, int]]) -> dict[bytes, Any]:

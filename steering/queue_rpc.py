@@ -7,7 +7,7 @@ from typing import Any
 from overlay import BadMessage, CallContext, Method, RpcError, bad_request
 
 from .job import SignedJob
-from .matching import Offer
+from .matching import MAX_HELD, Offer
 from .placement import HEALTH_STATES, MAX_WHY
 from .queue import MAX_BATCH, QueueNode
 from .record import MAX_OUTPUTS, Failure, JobRecord, Report, within_budget
@@ -163,9 +163,14 @@ def _offer(worker: bytes, args: Any) -> Offer:
         state, why = args.get("state", ""), args.get("why", "")
         if not (isinstance(state, str) and isinstance(why, str)):
             raise TypeError
+        held = args.get("held", [])
+        if not (isinstance(held, list) and len(held) <= MAX_HELD
+                and all(isinstance(x, str) and len(x) <= 300 for x in held)):
+            raise bad_request(f"held must be a list of at most {MAX_HELD} dataset names")
         offer = Offer(worker, str(args["site"]), int(args["cores"]), int(args["memory_mb"]),
                       int(args["disk_mb"]), frozenset(labels), int(args.get("max_jobs", 8)),
-                      None if stage_ins is None else int(stage_ins), state, why[:MAX_WHY])
+                      None if stage_ins is None else int(stage_ins), state, why[:MAX_WHY],
+                      frozenset(held))
     except (KeyError, TypeError, ValueError):
         raise bad_request("offer needs site, cores, memory_mb, disk_mb, labels, max_jobs"
                           ) from None

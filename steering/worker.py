@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import trio
 
 from overlay import BadMessage, GridInfo, RpcError, RpcPool
 
+from .matching import MAX_HELD
 from .outbox import Outbox
 from .queue import MAX_BATCH, Membership, call_member, log
 from .record import Failure, JobRecord
@@ -79,6 +81,9 @@ class Worker:
     # What to claim for so many free cores (the node's steering: fewer stage-ins when
     # congested, nothing when failing); None: one job per free core, at most 64.
     claim_plan: Callable[[int], ClaimPlan] | None = None
+    # The datasets (SCOPE:NAME) this node holds complete: jobs reading them are
+    # preferred for it and need no transfer (None: it says nothing).
+    datasets_held: Callable[[], Iterable[str]] | None = None
 
     def __post_init__(self) -> None:
         self._reports = Outbox(self._send_reports, MAX_BATCH)
@@ -126,41 +131,54 @@ class Worker:
             # need no network; the others' jobs are taken when ours run out.
             queues.remove(self.membership.me)
             queues.insert(0, self.membership.me)
+        held = list(islice(self.datasets_held(), MAX_HELD)) if self.datasets_held else []
         started = 0
-        for q in queues[:QUEUES_PER_ROUND]:
-            cores, memory, disk = self.free()
-            if cores < 1:
-                break
-            plan = (ClaimPlan(min(cores, 64), min(cores, 64)) if self.claim_plan is None
-                    else self.claim_plan(cores))
-            limit = min(plan.jobs, 64)
-            if limit < 1:
-                break
-            offer = {"site": self.site, "cores": cores, "memory_mb": memory, "disk_mb": disk,
-                     "labels": sorted(self.labels), "max_jobs": limit,
-                     "max_stage_ins": max(0, min(plan.stage_ins, limit))}
-            if plan.state:
-                offer.update(state=plan.state, why=plan.why[:200])
+        # With datasets here, a first pass asks only for jobs that need no transfer
+        # (those reading what this node holds, or nothing): locality before age.
+        for local_only in (True, False) if held else (False,):
+            for q in queues[:QUEUES_PER_ROUND]:
+                cores, memory, disk = self.free()
+                if cores < 1:
+                    return started
+                plan = (ClaimPlan(min(cores, 64), min(cores, 64)) if self.claim_plan is None
+                        else self.claim_plan(cores))
+                limit = min(plan.jobs, 64)
+                if limit < 1:
+                    return started
+                offer: dict[str, Any] = {
+                    "site": self.site, "cores": cores, "memory_mb": memory, "disk_mb": disk,
+                    "labels": sorted(self.labels), "max_jobs": limit,
+                    "max_stage_ins": 0 if local_only else max(0, min(plan.stage_ins, limit))}
+                if plan.state:
+                    offer.update(state=plan.state, why=plan.why[:200])
+                if held:
+                    offer["held"] = held
+                started += await self._claim(q, offer, nursery)
+        return started
+
+    async def _claim(self, q: bytes, offer: dict[str, Any], nursery: trio.Nursery) -> int:
+        """One claim from queue node ``q``; the jobs leased are started."""
+        try:
+            answer = await self._call(q, "queue.claim", offer)
+        except RpcError as exc:
+            log("worker.claim_failed", logging.DEBUG, queue=q, reason=str(exc))
+            return 0
+        self.counters["claims"] += 1
+        if not isinstance(answer, list):
+            return 0
+        started = 0
+        for wire in answer:
             try:
-                answer = await self._call(q, "queue.claim", offer)
-            except RpcError as exc:
-                log("worker.claim_failed", logging.DEBUG, queue=q, reason=str(exc))
+                rec = JobRecord.from_wire_untrusted(wire, self.grid)
+            except BadMessage as exc:
+                log("worker.bad_lease", logging.WARNING, queue=q, reason=str(exc))
                 continue
-            self.counters["claims"] += 1
-            if not isinstance(answer, list):
+            if rec.lease is None or rec.lease.worker != self.membership.me:
                 continue
-            for wire in answer:
-                try:
-                    rec = JobRecord.from_wire_untrusted(wire, self.grid)
-                except BadMessage as exc:
-                    log("worker.bad_lease", logging.WARNING, queue=q, reason=str(exc))
-                    continue
-                if rec.lease is None or rec.lease.worker != self.membership.me:
-                    continue
-                self.held[rec.job_id] = Held(rec, q, rec.lease.epoch)
-                self.counters["jobs_claimed"] += 1
-                started += 1
-                nursery.start_soon(self._execute, rec.job_id)
+            self.held[rec.job_id] = Held(rec, q, rec.lease.epoch)
+            self.counters["jobs_claimed"] += 1
+            started += 1
+            nursery.start_soon(self._execute, rec.job_id)
         return started
 
     async def _execute(self, job_id: bytes) -> None:

@@ -132,3 +132,27 @@ def test_unknown_labels_of_a_node_do_not_make_a_job_unschedulable() -> None:
     spec = JobSpec.from_mapping({"argv": ["x"], "labels": ["gpu"]})
     assert schedulable(spec, [Capacity("s1", 8, 16_000, 100_000)])  # labels not known
     assert not schedulable(spec, [Capacity("s1", 8, 16_000, 100_000, frozenset())])
+
+
+def test_a_job_whose_inputs_the_worker_holds_is_preferred_within_a_users_window() -> None:
+    from steering.matching import dataset_names
+
+    def with_input(n: int, name: str, user: bytes = ALICE) -> Entry:
+        e = entry(n, user, inputs=[name])
+        return Entry(e.submitted, e.job_id, e.user, e.priority, e.spec,
+                     inputs=dataset_names(e.spec.inputs, "alice"))
+
+    q = MatchQueue()
+    for e in (with_input(1, "raw"), with_input(2, "raw"), with_input(3, "alice:hot"),
+              entry(4, BOB)):
+        q.add(e)
+    held = frozenset({"alice:hot"})
+    o = Offer(b"W" * 20, "s1", 8, 64_000, 1_000_000, frozenset(), 2, None, held=held)
+    # Fair share first (one job each), and Alice's is the one held here, not her oldest.
+    assert [e.submitted for e in q.pick(o, {})] == [3, 4]
+    # A held input needs no transfer: it is taken even when no stage-in is allowed.
+    o0 = Offer(b"W" * 20, "s1", 8, 64_000, 1_000_000, frozenset(), 4, 0, held=held)
+    assert [e.submitted for e in q.pick(o0, {})] == [3, 4]
+    # Nothing held: the oldest, as before.
+    assert [e.submitted for e in q.pick(offer(max_jobs=1), {})] == [1]
+    assert dataset_names([" raw ", "s:x"], "bob") == ("bob:raw", "s:x")

@@ -125,3 +125,39 @@ def test_an_offer_says_its_state_and_why_or_is_refused() -> None:
             assert exc.code == "bad_request", bad
         else:
             raise AssertionError(f"{bad} was accepted")
+
+
+async def test_a_worker_holding_the_input_gets_that_job_and_it_costs_no_stage_in():
+    """Locality (brokerage rules a, b): among a user's next jobs the one whose input
+    the worker holds comes first, and needs none of its stage-in allowance."""
+    older = [job(i, inputs=["alice/other"]) for i in range(2)]
+    here = job(5, inputs=["alice:data"])
+    q = await queue_of(older + [here])
+    for j in older + [here]:
+        rec = q.slots[j.job_id].record
+        [ok] = await q._commit([replace(rec, state="activated", version=rec.version + 1)], "t")
+        assert ok
+    [got] = await q.claim(offer(1, max_stage_ins=0, held=frozenset({"alice:data"})))
+    assert got.job_id == here.job_id
+    assert "its inputs are on the worker" in got.placements[-1].rule
+    # Without the dataset and without stage-ins allowed, nothing with inputs is taken.
+    assert await q.claim(offer(1, max_stage_ins=0)) == []
+    [oldest] = await q.claim(offer(1))
+    assert oldest.job_id == older[0].job_id and "on the worker" not in oldest.placements[-1].rule
+
+
+def test_an_offer_names_at_most_max_held_datasets() -> None:
+    from overlay import RpcError
+    from steering.matching import MAX_HELD
+    from steering.queue_rpc import _offer
+
+    base = {"site": "s", "cores": 4, "memory_mb": 10, "disk_mb": 10, "labels": [],
+            "max_jobs": 4}
+    assert _offer(WORKER, {**base, "held": ["a:b", "c:d"]}).held == {"a:b", "c:d"}
+    for bad in ("a:b", [1], ["x" * 301], ["a:b"] * (MAX_HELD + 1)):
+        try:
+            _offer(WORKER, {**base, "held": bad})
+        except RpcError as exc:
+            assert exc.code == "bad_request"
+        else:
+            raise AssertionError(f"held={bad!r} was accepted")
