@@ -24,8 +24,7 @@ import trio
 
 from overlay import BadMessage, CallContext, GridInfo, Method, RpcError, bad_request, packb
 from overlay import unpackb_untrusted as unpack
-from replication import DatasetNameError, parse_dataset_name
-from steering import Capacity, Failure, JobRecord, NodeSeen, Slot, node_state
+from steering import Capacity, Failure, JobRecord, NodeSeen, Slot, dataset_names, node_state
 
 from .executor import Executor, RunSpec, StageOutError
 from .logs import log
@@ -153,7 +152,10 @@ class JobRunner:
         if why is not None and not outcome[0]:
             # Given back, not failed: no outcome for the classifier, no attempt spent.
             return False, Failure("released", why), []
-        self._count(outcome[0])
+        failure = outcome[1]
+        if failure is None or failure.code != "cancelled":
+            # Killed on request (its user, an admin, a lease gone) says nothing of this node.
+            self._count(outcome[0])
         return outcome
 
     def release(self, job: str, why: str) -> bool:
@@ -182,7 +184,7 @@ class JobRunner:
         argv = tuple(a.replace("{index}", str(spec.index)) for a in spec.argv)
         stage_in = None
         if spec.inputs:
-            names = _dataset_names(spec.inputs, rec.job.user.name)
+            names = dataset_names(spec.inputs, rec.job.user.name)
 
             async def stage_in(sandbox: Path) -> None:
                 self.staging += 1
@@ -209,17 +211,6 @@ class JobRunner:
             return False, Failure("stage_out_failed", str(exc), result.exit_code, None,
                                   result.stderr_tail), []
         return True, None, outputs
-
-
-def _dataset_names(inputs: tuple[str, ...], user: str) -> tuple[str, ...]:
-    """The full names of a job's inputs (those that parse: the others fail its stage-in)."""
-    out = []
-    for text in inputs:
-        try:
-            out.append(str(parse_dataset_name(text, user)))
-        except DatasetNameError:
-            continue
-    return tuple(out)
 
 
 def methods(node: Node) -> dict[str, Method]:

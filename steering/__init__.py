@@ -21,7 +21,7 @@ from .homeset import DEFAULT_R, Slot, home_set
 from .job import JobSpec, SignedJob, SpecError, parse_job_id
 from .jobs import JobService
 from .links import Link, LinkBook
-from .matching import Capacity, Offer
+from .matching import Capacity, Offer, dataset_names
 from .placement import NodeSeen, Placement, node_state
 from .queue import Membership, QueueConfig, QueueNode, SlotStore
 from .queue_rpc import queue_methods
@@ -66,6 +66,7 @@ __all__ = [
     "NodeSeen",
     "Placement",
     "node_state",
+    "dataset_names",
     "home_set",
     "parse_job_id",
     "queue_methods",

@@ -31,20 +31,24 @@ class Refused(PermissionError):
 
 
 async def drain(node: Node, who: str, reason: Any) -> dict[str, Any]:
-    return await node.site.set_drain(True, who, _reason(reason))
+    view = await node.site.set_drain(True, who, _reason(reason))
+    return {**view, "done": f"drained: {view['drain_reason']}; running jobs finish"}
 
 
 async def resume(node: Node, who: str, reason: Any) -> dict[str, Any]:
-    return await node.site.set_drain(False, who, _reason(reason))
+    view = await node.site.set_drain(False, who, _reason(reason))
+    return {**view, "done": "resumed: the node claims jobs again"}
 
 
 async def set_slots(node: Node, who: str, cores: Any, reason: Any) -> dict[str, Any]:
     if isinstance(cores, str) and cores.strip().isdigit():
         cores = int(cores)
     try:
-        return await node.site.set_offered_cores(cores, who, _reason(reason))
+        view = await node.site.set_offered_cores(cores, who, _reason(reason))
     except SiteError as exc:
         raise BadParameter(str(exc)) from None
+    return {**view, "done": f"the node offers {view['offered_cores']} of "
+                            f"{view['configured_cores']} cores"}
 
 
 async def cancel_job(node: Node, who: str, ident: str, reason: Any) -> dict[str, Any]:
@@ -52,7 +56,8 @@ async def cancel_job(node: Node, who: str, ident: str, reason: Any) -> dict[str,
     rec = await find_job(node, ident)
     job_id = rec.job_id
     if rec.final:
-        return {"job": job_id.hex(), "state": rec.state}
+        return {"job": job_id.hex(), "state": rec.state,
+                "done": f"job {job_id.hex()[:12]} had already ended: {rec.state}"}
     if job_id not in node.worker.held:
         raise Refused(f"job {job_id.hex()} does not run on this node; its user or a grid "
                       f"admin may cancel it (gridnode cancel)")
@@ -60,7 +65,7 @@ async def cancel_job(node: Node, who: str, ident: str, reason: Any) -> dict[str,
         rec, f"site admin of {node.cert.name} ({who}): {why}"[:200])
     log(logger, "console.cancel", logging.WARNING, job=job_id, who=who, state=state,
         reason=why)
-    return {"job": job_id.hex(), "state": state}
+    return {"job": job_id.hex(), "state": state, "done": f"job {job_id.hex()[:12]}: {state}"}
 
 
 async def repair(node: Node, who: str, text: str, reason: Any) -> dict[str, Any]:
@@ -77,7 +82,9 @@ async def repair(node: Node, who: str, text: str, reason: Any) -> dict[str, Any]
         minimum=rec.policy.min_replicas, reason=why)
     added = await node.data.replicate_to_min(rec)
     return {"dataset": str(name), "holders_before": before, "requested": added,
-            "minimum": rec.policy.min_replicas}
+            "minimum": rec.policy.min_replicas,
+            "done": f"{name}: {before} holders, {added} more copies asked for "
+                    f"(minimum {rec.policy.min_replicas})"}
 
 
 def _reason(reason: Any) -> str:

@@ -238,7 +238,7 @@ class Console:
                 if is_form:
                     target = back.format(**{k: quote(str(v), safe=":")
                                             for k, v in request.path_params.items()})
-                    return RedirectResponse(f"{target}?done={quote(_summary(result))}", 303)
+                    return RedirectResponse(f"{target}?done={quote(result['done'][:300])}", 303)
                 return self._secure(JSONResponse(_plain(result)))
             return await self._guarded(request, is_form, go)
         return endpoint
@@ -314,11 +314,6 @@ class Console:
             response.delete_cookie(COOKIE, path="/")
             return self._secure(response)
         return await self._guarded(request, True, go)
-
-
-def _summary(result: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in result.items()
-                     if not isinstance(v, dict | list) and v is not None)[:300]
 
 
 def _plain(obj: Any) -> Any:

@@ -183,6 +183,7 @@ async def test_console_in_a_browser(short_tmp, browser):
         await page.open("/")
         await page.submit("drain-form", reason="disk swap")
         text = page.text()
+        assert "done: drained: disk swap; running jobs finish" in text
         assert "drained since" in text and "disk swap" in text
         page.shot("drained")
         status = g.status(0)

@@ -175,7 +175,8 @@ async def test_login_pages_api_and_refusals(short_tmp, caplog):
         # A good drain from a form: redirected back, logged with who and why, stored.
         body, h = form(node, reason="disk swap", csrf=node.console.keys.csrf)
         status, headers, _ = await call(url, "POST", "/api/node/drain", body=body, headers=h)
-        assert status == 303 and headers["location"].startswith("/?done=")
+        assert status == 303 and headers["location"] == "/?done=drained%3A%20disk%20swap%3B%20" \
+            "running%20jobs%20finish"
         assert node.site.drain is not None and node.site.drain.reason == "disk swap"
         assert node.site.drain.who == "console@127.0.0.1"
         assert node.site.claim_plan(4).jobs == 0

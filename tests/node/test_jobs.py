@@ -134,6 +134,13 @@ async def test_cancel_a_running_job_kills_its_process_group(short_tmp):
                         break
                     await trio.sleep(0.1)
             assert (await c.job(j)).state == "cancelled"
+            # A job killed on request is no evidence against the node that ran it.
+            with trio.fail_after(30):
+                while worker.executor.running():  # noqa: ASYNC110 - the executor's own pace
+                    await trio.sleep(0.05)
+                await trio.sleep(0.2)  # its run() has returned its outcome
+            assert sum(worker.runner.outcomes.values()) == 0
+            assert not worker.monitor.health.results
         nursery.cancel_scope.cancel()
 
 
