@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 from collections import Counter, deque
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -43,6 +44,7 @@ SAMPLES = ("slots_total", "slots_free", "jobs_running", "load", "disk_free_bytes
            "store_used_bytes", "jobs_ok", "jobs_failed", "failure_rate", "pressure",
            "jobs_waiting", "queue_wait", "transfer_bytes_per_s")
 HEALTH = ("ok", "congested", "failing")
+LINK_RECENT_S = 600.0  # links with traffic this recent weigh on the claims
 
 
 class Monitor:
@@ -207,6 +209,15 @@ class Monitor:
             if self._cpu_bound:
                 jobs = min(jobs, max(1, free // 2)) if free else 0
                 why += f"; its CPU is the pressure: at most {jobs} of {free} free cores"
+        elif view.state == "ok":
+            # Its CPU and disk are fine, but most links it reads over crawl (its site's
+            # uplink, say): what loads them, stage-ins, is capped as at a congested node.
+            used, hot, prediction, slope = self.links.inbound(time.time(), LINK_RECENT_S)
+            if hot and 2 * hot >= used:
+                c = claim(replace(view, state="congested", prediction=prediction,
+                                  slope=slope), self.broker)
+                why += (f"; {hot} of the {used} links it read over lately are congested: "
+                        f"at most {c.stage_ins} stage-ins, {view.staging} staging now")
         return ClaimPlan(jobs, min(c.stage_ins, jobs), view.state, why)
 
     async def probe(self) -> None:

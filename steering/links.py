@@ -105,6 +105,16 @@ class LinkBook:
                 changed.append((peer, before, link.classifier.state))
         return changed
 
+    def inbound(self, now: float, within: float) -> tuple[int, int, float, float]:
+        """Of the links with traffic in the last ``within`` seconds: (how many,
+        how many congested, the highest pressure predicted among those, its slope)."""
+        recent = [link for link in self.links.values() if now - link.last_traffic <= within]
+        hot = [link.classifier.trend for link in recent
+               if link.classifier.state == "congested"]
+        worst = max(hot, key=lambda t: t.prediction, default=None)
+        return (len(recent), len(hot), worst.prediction if worst else 0.0,
+                worst.slope if worst else 0.0)
+
     def state(self, peer: bytes) -> str:
         link = self.links.get(peer)
         return link.classifier.state if link else "ok"

@@ -6,6 +6,7 @@ import math
 import os
 import socket
 import sqlite3
+import time
 import urllib.request
 
 import trio
@@ -96,6 +97,21 @@ async def test_claims_follow_the_brokerage_claim_rule(short_tmp):
         plan = mon.claim_plan(8)
         assert (plan.jobs, plan.stage_ins, plan.state) == (8, 8, "ok")
         assert mon.claim_plan(3).jobs == 3
+
+        # The node is fine but the link it reads over crawls: fewer stage-ins, as many jobs.
+        now, peer = time.time(), b"\x07" * 20
+        for i, rate in enumerate([100e6] * 5 + [5e6] * 5):
+            t = now - 100 + 10 * i
+            mon.links.observe(t, peer, 8 << 20, (8 << 20) / rate)
+            mon.links.sample(t)
+        assert mon.links.state(peer) == "congested"
+        plan = mon.claim_plan(8)
+        assert (plan.jobs, plan.state) == (8, "ok") and plan.stage_ins < 8
+        assert "1 of the 1 links it read over lately are congested" in plan.why
+        mon.links.observe(now, b"\x08" * 20, 8 << 20, 0.1)  # another, fine, link
+        mon.links.observe(now, b"\x09" * 20, 8 << 20, 0.1)  # and a third: 1 of 3 crawls
+        assert mon.claim_plan(8).stage_ins == 8
+        mon.links.links.clear()
 
         for t in range(4):  # pressure high and level: congested
             mon.health.sample(float(t), 1.5)
