@@ -530,7 +530,8 @@ class Node:
                 async with limiter:
                     live = await self.pool.call(host, port, "health.self", None,
                                                 expect_id=p.node_id, timeout=3.0)
-                entry.update(dict(live), source="asked now", rtt_ms=self.rtt_ms(p.node_id))
+                entry.update(_health_report(live), source="asked now",
+                             rtt_ms=self.rtt_ms(p.node_id))
             except (RpcError, UserError, IndexError, TypeError, ValueError) as exc:
                 h = self.health.get(p.node_id, {})
                 entry.update(state=h.get("state", "unknown"), **h,
@@ -555,6 +556,42 @@ class Node:
                  "roles": list(p.roles), "last_seen": p.last_seen,
                  "in_routing_table": p.node_id in in_table}
                 for p in sorted(self.peers.values(), key=lambda p: p.site)]
+
+
+_NUMBERS = ("pressure", "failure_rate", "load", "since", "last_seen")
+_COUNTS = ("slots_free", "disk_free_gb", "cores", "jobs_running", "jobs_waiting",
+           "store_used_bytes", "store_quota_bytes")
+
+
+def _health_report(live: Any) -> dict[str, Any]:
+    """What a peer answered to ``health.self``, with only the fields shown, each
+    checked (its answer may hold anything): a bad one is left out."""
+    if not isinstance(live, dict):
+        raise TypeError("health.self did not answer a map")
+
+    def plain(v: Any) -> bool:
+        return (isinstance(v, int | float | str | bool) or v is None
+                or isinstance(v, list) and all(isinstance(x, int | float) for x in v))
+
+    out: dict[str, Any] = {"state": live.get("state") if live.get("state") in (
+        "ok", "congested", "failing") else "unknown"}
+    for k in _NUMBERS:
+        if isinstance(live.get(k), int | float) and not isinstance(live[k], bool):
+            out[k] = float(live[k])
+    for k in _COUNTS:
+        if type(live.get(k)) is int and live[k] >= 0:
+            out[k] = live[k]
+    if isinstance(live.get("reason"), str):
+        out["reason"] = live["reason"][:300]
+    if isinstance(live.get("drained"), bool):
+        out["drained"] = live["drained"]
+    ev = live.get("evidence")
+    if isinstance(ev, dict):
+        out["evidence"] = {str(k)[:40]: v for k, v in list(ev.items())[:20] if plain(v)}
+        out["evidence"]["reason"] = str(ev.get("reason", ""))[:300]
+    if isinstance(live.get("links"), list):
+        out["links"] = live["links"][:1000]
+    return out
 
 
 def _link_report(link: Any) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("gridnode.console")
 HERE = Path(__file__).parent
 MAX_BODY = 16 * 1024
+GRID_FRESH_S = 4.0  # the grid page asks every node at most this often
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 PAGES = (("/", "This node"), ("/grid", "Grid"), ("/jobs", "Jobs"), ("/datasets", "Datasets"),
@@ -93,6 +94,7 @@ class Console:
         self.keys = keys
         self.allow_remote = allow_remote
         self.url: str | None = None
+        self._grid_view: tuple[float, dict[str, Any]] | None = None
         self.env = _env()
         self.counters = {"requests": 0, "refused_token": 0, "refused_csrf": 0,
                          "refused_remote": 0, "bad_requests": 0, "actions": 0}
@@ -133,7 +135,7 @@ class Console:
             Route("/logout", self.logout, methods=["POST"]),
             Route("/", page("node.html", lambda r: views.node_view(
                 self.node, r.query_params.get("level", "info")))),
-            Route("/grid", page("grid.html", lambda r: views.grid_view(self.node))),
+            Route("/grid", page("grid.html", self._grid)),
             Route("/jobs", page("jobs.html", self._jobs)),
             Route("/jobs/{job}", page("job.html", lambda r: views.job_view(
                 self.node, r.path_params["job"]))),
@@ -142,7 +144,7 @@ class Console:
             Route("/health", page("health.html", self._health)),
             Route("/api/node", api(lambda r: views.node_view(
                 self.node, r.query_params.get("level", "info")))),
-            Route("/api/grid", api(lambda r: views.grid_view(self.node))),
+            Route("/api/grid", api(self._grid)),
             Route("/api/jobs", api(self._jobs)),
             Route("/api/jobs/{job}", api(lambda r: views.job_view(
                 self.node, r.path_params["job"]))),
@@ -267,6 +269,14 @@ class Console:
         return body
 
     # -- pages that take parameters -----------------------------------------
+
+    async def _grid(self, r: Request) -> dict[str, Any]:
+        """The grid view, asked of every node at most once per GRID_FRESH_S: pages
+        refreshing live in several browsers do not each ask the whole grid."""
+        now = time.monotonic()
+        if self._grid_view is None or now - self._grid_view[0] >= GRID_FRESH_S:
+            self._grid_view = (now, await views.grid_view(self.node))
+        return self._grid_view[1]
 
     async def _jobs(self, r: Request) -> dict[str, Any]:
         q = r.query_params

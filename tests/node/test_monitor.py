@@ -180,3 +180,18 @@ def test_a_peers_link_report_keeps_only_checked_fields():
                       "transfers": True, "failures": 3.0, "reason": 5, "extra": [1]})
     assert r == {"peer": "ab" * 32, "state": "unknown", "reason": "5", "rate": None,
                  "best": 2.0, "rtt_ms": None, "transfers": 0, "failures": 3}
+
+
+def test_a_peers_health_answer_keeps_only_checked_fields():
+    import pytest
+
+    from node.daemon import _health_report
+
+    with pytest.raises(TypeError):
+        _health_report(["not", "a", "map"])
+    r = _health_report({"state": "great", "pressure": "high", "load": 0.5, "cores": -1,
+                        "jobs_running": 3, "reason": 7, "id": "forged", "self": True,
+                        "evidence": {"reason": "x" * 999, "pressure": [0.1, "y"], "n": 2},
+                        "links": "no"})
+    assert r == {"state": "unknown", "load": 0.5, "jobs_running": 3,
+                 "evidence": {"n": 2, "reason": "x" * 300}}
