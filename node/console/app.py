@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import jinja2
 from starlette.applications import Starlette
@@ -211,7 +211,7 @@ class Console:
                 body = self.env.get_template(template).render(
                     d=d, pages=PAGES, here=request.url.path, csrf=self.keys.csrf,
                     logged_in=True, message=request.query_params.get("done", ""),
-                    node=self.node.cert.name, plot=line_plot, json=json.dumps)
+                    node=self.node.cert.name, plot=line_plot)
                 return self._secure(HTMLResponse(body))
             return await self._guarded(request, True, go)
         return endpoint
@@ -252,7 +252,6 @@ class Console:
             if len(raw) > MAX_BODY:
                 raise HttpError(413, f"the request body is larger than {MAX_BODY} bytes")
         if is_form:
-            from urllib.parse import parse_qs
             try:
                 pairs = parse_qs(raw.decode(), strict_parsing=bool(raw))
             except (UnicodeDecodeError, ValueError):
