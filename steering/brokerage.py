@@ -17,7 +17,11 @@ rules, each a function:
     are never candidates.  A worker that asks for jobs gets, among the first
     ``window`` queued jobs, those with the lowest predicted finish on it, less
     an ``age_credit`` per second waited (so no job waits behind better
-    matches forever); ties go to the older job.
+    matches forever), less ``lpt_weight`` times its expected compute (the
+    longest first, so the last jobs of a busy period are short ones: the
+    mean compute of the finished jobs of its task, "scouting"; a job whose
+    task has none finished counts as the mean of those in the window that
+    do); ties go to the older job.
 (b) **Claim** (``claim``): an ``ok`` node claims as many jobs as it has free
     slots.  A ``congested`` node claims fewer of the jobs that load its links:
     it keeps at most ``congested_share`` of its slots staging in at once
@@ -92,6 +96,9 @@ class BrokerParams:
     release_gain: float = 2.0       # release when what is left there > this x elsewhere
     window: int = 32                # queued jobs a claim looks at
     age_credit: float = 0.1         # s of predicted finish forgiven per s waited
+    lpt_weight: float = 0.0         # s of predicted finish forgiven per s of expected compute
+    scouts: int = 0                 # jobs of a task with none finished yet taken first
+    per_task: int = 0               # the window: the first this many of each task (0: of the queue)
 
     def __post_init__(self) -> None:
         for name in ("stage_bound", "probe_every", "release_after"):
@@ -106,6 +113,12 @@ class BrokerParams:
             raise BrokerError(f"release_gain must be >= 1, got {self.release_gain}")
         if not (math.isfinite(self.age_credit) and 0 <= self.age_credit < 1):
             raise BrokerError(f"age_credit must be in [0, 1), got {self.age_credit}")
+        if not (math.isfinite(self.lpt_weight) and self.lpt_weight >= 0):
+            raise BrokerError(f"lpt_weight must be >= 0, got {self.lpt_weight}")
+        for name in ("scouts", "per_task"):
+            value = getattr(self, name)
+            if not (type(value) is int and 0 <= value <= 10_000):
+                raise BrokerError(f"{name} must be 0-10000, got {value}")
         if not (type(self.window) is int and 1 <= self.window <= 10_000):
             raise BrokerError(f"window must be 1-10000, got {self.window}")
 
@@ -188,6 +201,9 @@ class Option:
     age_s: float = 0.0          # since it was submitted
     local: bool = False         # its input is on this worker: no transfer
     excluded: bool = False      # this worker released it before: not for it again
+    compute_s: float | None = None  # expected compute (its task's finished jobs); None: unknown
+    scout: bool = False         # one of the first ``scouts`` jobs of a task none of whose
+                                # jobs has finished: taken before the others
 
 
 def choose(options: Sequence[Option], c: Claim, p: BrokerParams) -> list[int]:
@@ -196,11 +212,18 @@ def choose(options: Sequence[Option], c: Claim, p: BrokerParams) -> list[int]:
     only the first ``window`` options are looked at."""
     if c.jobs <= 0:
         return []
-    seen = sorted(((0.0 if o.local else o.stage_s) - p.age_credit * o.age_s, i)
-                  for i, o in enumerate(options[:p.window]) if not o.excluded)
+    window = options[:p.window]
+    unknown = 0.0
+    if p.lpt_weight > 0:
+        known = [o.compute_s for o in window if o.compute_s is not None]
+        unknown = sum(known) / len(known) if known else 0.0
+    w = p.lpt_weight
+    seen = sorted((not o.scout, (0.0 if o.local else o.stage_s) - p.age_credit * o.age_s
+                   - (w * (unknown if o.compute_s is None else o.compute_s) if w else 0.0), i)
+                  for i, o in enumerate(window) if not o.excluded)
     out: list[int] = []
     moves = c.stage_ins
-    for _, i in seen:
+    for _, _, i in seen:
         if options[i].local:
             out.append(i)
         elif moves > 0:
