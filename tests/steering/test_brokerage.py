@@ -25,6 +25,7 @@ from steering.brokerage import (
 )
 
 P = BrokerParams()
+FIFO = BrokerParams(lpt_weight=0.0)     # no longest-expected-first: queue order and locality
 STATES = ("ok", "congested", "failing")
 
 
@@ -162,13 +163,13 @@ timed = st.lists(st.builds(Option, stage_s=st.floats(0.0, 1e4), age_s=st.floats(
 def test_with_no_lpt_weight_expected_compute_changes_nothing(opts, jobs, moves):
     c = Claim(jobs, min(jobs, moves), False)
     blind = [Option(o.stage_s, o.age_s, o.local, o.excluded) for o in opts]
-    assert choose(opts, c, P) == choose(blind, c, P)
+    assert choose(opts, c, FIFO) == choose(blind, c, FIFO)
 
 
 def test_with_lpt_weight_the_longest_expected_job_goes_first():
     opts = [Option(40.0, 100.0, compute_s=1800.0), Option(40.0, 100.0, compute_s=7200.0),
             Option(0.0, 100.0, local=True, compute_s=3600.0)]
-    assert choose(opts, Claim(1, 1, False), P) == [2]       # today: the local one
+    assert choose(opts, Claim(1, 1, False), FIFO) == [2]    # without: the local one
     assert choose(opts, Claim(3, 3, False), LPT) == [1, 2, 0]
     assert choose(opts, Claim(3, 0, False), LPT) == [2]     # no stage-in allowed
 
@@ -178,7 +179,7 @@ def test_an_unknown_compute_counts_as_the_mean_of_the_known_ones():
             Option(0.0, compute_s=3000.0)]
     assert choose(opts, Claim(3, 3, False), LPT) == [2, 0, 1]   # None = 2000
     unknown = [Option(10.0, 5.0), Option(0.0, 5.0)]               # none known: as today
-    assert choose(unknown, Claim(2, 2, False), LPT) == choose(unknown, Claim(2, 2, False), P)
+    assert choose(unknown, Claim(2, 2, False), LPT) == choose(unknown, Claim(2, 2, False), FIFO)
 
 
 def test_scouts_go_before_every_other_job():

@@ -154,9 +154,11 @@ def test_gridnode_scouts_a_task_then_starts_its_long_jobs_first():
     # Scouting: one job of L starts as soon as a core frees (100 s); once it has
     # finished (1100 s) L's jobs are known to be long and start before S's rest.
     jobs = [(0.0, 0, 0, GB, 100.0)] * 30 + [(0.5, 0, 0, GB, 1000.0)] * 3
-    fifo = run(bworld([1], [(10 * GB, (0,))], jobs), "gridnode")
+    fifo = BottleneckGrid(bworld([1], [(10 * GB, (0,))], jobs),
+                          make_scheduler("gridnode", 1, BrokerParams(lpt_weight=0.0)))
+    fifo.run()
     assert fifo.stats.makespan == pytest.approx(3500.0, abs=1.0)
-    lpt = BrokerParams(lpt_weight=1.0, scouts=1, per_task=8)
+    lpt = BrokerParams(lpt_weight=1.0, scouts=1)
     w = bworld([1], [(10 * GB, (0,))], jobs)
     grid = BottleneckGrid(w, make_scheduler("gridnode", 1, lpt))
     grid.run()
