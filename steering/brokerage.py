@@ -14,14 +14,17 @@ rules, each a function:
     from the source ``pick_source`` chose), stretched to what the pressure
     of a congested worker or source predicts (``prediction * stage_bound``:
     pressure 1 is a stage-in of ``stage_bound`` seconds).  Failing workers
-    are never candidates.  A worker that asks for jobs gets, among the first
-    ``window`` queued jobs, those with the lowest predicted finish on it, less
-    an ``age_credit`` per second waited (so no job waits behind better
-    matches forever), less ``lpt_weight`` times its expected compute (the
-    longest first, so the last jobs of a busy period are short ones: the
-    mean compute of the finished jobs of its task, "scouting"; a job whose
-    task has none finished counts as the mean of those in the window that
-    do); ties go to the older job.
+    are never candidates.  A worker that asks for jobs gets, among the
+    ``window`` queued jobs it is shown (the caller's window: the first
+    ``per_task`` of each task), those with the lowest predicted finish on
+    it, less an ``age_credit`` per second waited (so no job waits behind
+    better matches forever), less ``lpt_weight`` times its expected compute
+    (the longest first, so the last jobs of a busy period are short ones:
+    the mean compute of the finished jobs of its task; a job whose task has
+    none finished counts as the mean of those in the window that have);
+    scouts (the first ``scouts`` jobs to start of a task with none finished,
+    marked by the caller) go before any other, so that every task's length
+    is soon known; ties go to the older job.
 (b) **Claim** (``claim``): an ``ok`` node claims as many jobs as it has free
     slots.  A ``congested`` node claims fewer of the jobs that load its links:
     it keeps at most ``congested_share`` of its slots staging in at once

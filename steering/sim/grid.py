@@ -221,10 +221,16 @@ class Steering(Scheduler):
     * a node with free cores asks for jobs (at each dispatch: a job ended or
       was submitted, a congested node's stage-in ended, a sample was taken):
       ``brokerage.claim`` with its own view, then ``brokerage.choose`` over
-      the first ``window`` queued jobs, each with its stage-in predicted on
-      that node (``stage_estimate``: 0 if it holds the input, else the nominal
-      LAN or WAN time from the source ``pick_source``'s classes would give,
-      stretched by a congested end); a failing node runs a probe every
+      the first ``per_task`` queued jobs of each task (at most ``window``;
+      ``per_task`` 0: the first ``window`` of the queue), each with its
+      stage-in predicted on that node (``stage_estimate``: 0 if it holds the
+      input, else the nominal LAN or WAN time from the source
+      ``pick_source``'s classes would give, stretched by a congested end),
+      and, when ``lpt_weight`` > 0, its expected compute: the mean compute of
+      its task's jobs that have finished (learnt as they finish, never read
+      from a queued job's spec; a task is the jobs submitted at the same
+      time), or a scout (one of the first ``scouts`` jobs started of a task
+      none of whose jobs has finished); a failing node runs a probe every
       ``probe_every`` seconds instead: a test job that passes after
       ``probe_time`` seconds, or fails like any job at a failing site;
     * at each sample every stage-in at a node that is not ok is weighed by
