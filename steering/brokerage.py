@@ -216,11 +216,12 @@ def choose(options: Sequence[Option], c: Claim, p: BrokerParams) -> list[int]:
     if c.jobs <= 0:
         return []
     window = options[:p.window]
-    unknown = 0.0
-    if p.lpt_weight > 0:
+    w = p.lpt_weight
+    unknown = 0.0                       # the expected compute of a job whose task has none
+    if w:
         known = [o.compute_s for o in window if o.compute_s is not None]
         unknown = sum(known) / len(known) if known else 0.0
-    w = p.lpt_weight
+    # Scouts first; then by stage-in less the age credit less the weighted compute.
     seen = sorted((not o.scout, (0.0 if o.local else o.stage_s) - p.age_credit * o.age_s
                    - (w * (unknown if o.compute_s is None else o.compute_s) if w else 0.0), i)
                   for i, o in enumerate(window) if not o.excluded)

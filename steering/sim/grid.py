@@ -496,23 +496,24 @@ class Steering(Scheduler):
         ds = self.grid.datasets[job.spec.dataset]
         age = now - job.spec.submit
         excluded = self.released_from.get(job.spec.index) == node.index
-        expect = scout = None
+        expect: float | None = None
+        scout = False
         if self.p.lpt_weight:
             expect = self.expected(job)
             scout = (expect is None
                      and self.task_started.get(job.spec.submit, 0) < self.p.scouts)
         r = node.replicas.get(ds.index)
         if r is not None and r.complete:
-            return bk.Option(0.0, age, True, excluded, expect, bool(scout))
+            return bk.Option(0.0, age, True, excluded, expect, scout)
         if not moves:
-            return bk.Option(math.inf, age, False, excluded, expect, bool(scout))
+            return bk.Option(math.inf, age, False, excluded, expect, scout)
         src = self._best_source_class(ds, node.site)
         if src is None:                # no source: it will fail at once wherever it goes
-            return bk.Option(0.0, age, True, excluded, expect, bool(scout))
+            return bk.Option(0.0, age, True, excluded, expect, scout)
         rate = self.lan_rate if src.site is node.site else self.wan_rate
         stage = bk.stage_estimate(job.spec.input / rate, view, self.published[src.index],
                                   self.p)
-        return bk.Option(stage, age, False, excluded, expect, bool(scout))
+        return bk.Option(stage, age, False, excluded, expect, scout)
 
     def _best_source_class(self, ds: sim.Dataset, site: sim.Site) -> Node | None:
         """The holder of a complete replica of ``ds`` a node of ``site`` would read from,
