@@ -263,6 +263,7 @@ class Steering(Scheduler):
         # compute seconds and count of its finished jobs: what scouting has learnt.
         self.task_compute: dict[float, list[float]] = {}
         self.task_started: dict[float, int] = {}     # jobs of the task started, per task
+        self._win: tuple[list[int], list[Job]] | None = None   # until the queue changes
         self._busy = False
         self._again = False
 
@@ -428,6 +429,7 @@ class Steering(Scheduler):
     def _dispatch_once(self) -> None:
         g = self.grid
         now = g.now
+        self._win = None                     # the queue may have changed since
         for site in g.sites:
             if site.free_cores <= 0:
                 continue
@@ -450,7 +452,9 @@ class Steering(Scheduler):
         if c.jobs <= 0 or not g.queue:
             return
         if p.per_task:
-            at, window = self._window()
+            if self._win is None:
+                self._win = self._window()
+            at, window = self._win
         else:
             window = list(islice(g.queue, p.window))
             at = list(range(len(window)))
@@ -470,6 +474,7 @@ class Steering(Scheduler):
             t = job.spec.submit
             self.task_started[t] = self.task_started.get(t, 0) + 1
             g._start(job, node)
+        self._win = None
 
     def _window(self) -> tuple[list[int], list[Job]]:
         """The first ``per_task`` queued jobs of each task, in queue order, at most
