@@ -14,10 +14,17 @@ rules, each a function:
     from the source ``pick_source`` chose), stretched to what the pressure
     of a congested worker or source predicts (``prediction * stage_bound``:
     pressure 1 is a stage-in of ``stage_bound`` seconds).  Failing workers
-    are never candidates.  A worker that asks for jobs gets, among the first
-    ``window`` queued jobs, those with the lowest predicted finish on it, less
-    an ``age_credit`` per second waited (so no job waits behind better
-    matches forever); ties go to the older job.
+    are never candidates.  A worker that asks for jobs gets, among the
+    ``window`` queued jobs it is shown (the caller's window: the first
+    ``per_task`` of each task), those with the lowest predicted finish on
+    it, less an ``age_credit`` per second waited (so no job waits behind
+    better matches forever), less ``lpt_weight`` times its expected compute
+    (the longest first, so the last jobs of a busy period are short ones:
+    the mean compute of the finished jobs of its task; a job whose task has
+    none finished counts as the mean of those in the window that have);
+    scouts (the first ``scouts`` jobs to start of a task with none finished,
+    marked by the caller) go before any other, so that every task's length
+    is soon known; ties go to the older job.
 (b) **Claim** (``claim``): an ``ok`` node claims as many jobs as it has free
     slots.  A ``congested`` node claims fewer of the jobs that load its links:
     it keeps at most ``congested_share`` of its slots staging in at once
@@ -90,8 +97,11 @@ class BrokerParams:
     probe_every: float = 300.0      # s between a failing node's probes
     release_after: float = 600.0    # s of stage-in or queue wait before a release is weighed
     release_gain: float = 2.0       # release when what is left there > this x elsewhere
-    window: int = 32                # queued jobs a claim looks at
+    window: int = 512               # queued jobs a claim looks at, at most
+    per_task: int = 8               # ... the first this many of each task (0: of the queue)
     age_credit: float = 0.1         # s of predicted finish forgiven per s waited
+    lpt_weight: float = 3.0         # s of predicted finish forgiven per s of expected compute
+    scouts: int = 10                # jobs of a task with none finished yet taken first
 
     def __post_init__(self) -> None:
         for name in ("stage_bound", "probe_every", "release_after"):
@@ -106,6 +116,12 @@ class BrokerParams:
             raise BrokerError(f"release_gain must be >= 1, got {self.release_gain}")
         if not (math.isfinite(self.age_credit) and 0 <= self.age_credit < 1):
             raise BrokerError(f"age_credit must be in [0, 1), got {self.age_credit}")
+        if not (math.isfinite(self.lpt_weight) and self.lpt_weight >= 0):
+            raise BrokerError(f"lpt_weight must be >= 0, got {self.lpt_weight}")
+        for name in ("scouts", "per_task"):
+            value = getattr(self, name)
+            if not (type(value) is int and 0 <= value <= 10_000):
+                raise BrokerError(f"{name} must be 0-10000, got {value}")
         if not (type(self.window) is int and 1 <= self.window <= 10_000):
             raise BrokerError(f"window must be 1-10000, got {self.window}")
 
@@ -188,6 +204,9 @@ class Option:
     age_s: float = 0.0          # since it was submitted
     local: bool = False         # its input is on this worker: no transfer
     excluded: bool = False      # this worker released it before: not for it again
+    compute_s: float | None = None  # expected compute (its task's finished jobs); None: unknown
+    scout: bool = False         # one of the first ``scouts`` jobs of a task none of whose
+                                # jobs has finished: taken before the others
 
 
 def choose(options: Sequence[Option], c: Claim, p: BrokerParams) -> list[int]:
@@ -196,11 +215,19 @@ def choose(options: Sequence[Option], c: Claim, p: BrokerParams) -> list[int]:
     only the first ``window`` options are looked at."""
     if c.jobs <= 0:
         return []
-    seen = sorted(((0.0 if o.local else o.stage_s) - p.age_credit * o.age_s, i)
-                  for i, o in enumerate(options[:p.window]) if not o.excluded)
+    window = options[:p.window]
+    w = p.lpt_weight
+    unknown = 0.0                       # the expected compute of a job whose task has none
+    if w:
+        known = [o.compute_s for o in window if o.compute_s is not None]
+        unknown = sum(known) / len(known) if known else 0.0
+    # Scouts first; then by stage-in less the age credit less the weighted compute.
+    seen = sorted((not o.scout, (0.0 if o.local else o.stage_s) - p.age_credit * o.age_s
+                   - (w * (unknown if o.compute_s is None else o.compute_s) if w else 0.0), i)
+                  for i, o in enumerate(window) if not o.excluded)
     out: list[int] = []
     moves = c.stage_ins
-    for _, i in seen:
+    for _, _, i in seen:
         if options[i].local:
             out.append(i)
         elif moves > 0:

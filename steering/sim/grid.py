@@ -91,6 +91,9 @@ class Scheduler:
     def outcome(self, node: Node, ok: bool) -> None:
         """A job ended on ``node``: done, or its attempt failed."""
 
+    def finished(self, job: Job, compute_s: float) -> None:
+        """``job`` finished after computing for ``compute_s`` seconds."""
+
     def staged(self, job: Job) -> None:
         """``job``'s input is on its node."""
 
@@ -218,10 +221,16 @@ class Steering(Scheduler):
     * a node with free cores asks for jobs (at each dispatch: a job ended or
       was submitted, a congested node's stage-in ended, a sample was taken):
       ``brokerage.claim`` with its own view, then ``brokerage.choose`` over
-      the first ``window`` queued jobs, each with its stage-in predicted on
-      that node (``stage_estimate``: 0 if it holds the input, else the nominal
-      LAN or WAN time from the source ``pick_source``'s classes would give,
-      stretched by a congested end); a failing node runs a probe every
+      the first ``per_task`` queued jobs of each task (at most ``window``;
+      ``per_task`` 0: the first ``window`` of the queue), each with its
+      stage-in predicted on that node (``stage_estimate``: 0 if it holds the
+      input, else the nominal LAN or WAN time from the source
+      ``pick_source``'s classes would give, stretched by a congested end),
+      and, when ``lpt_weight`` > 0, its expected compute: the mean compute of
+      its task's jobs that have finished (learnt as they finish, never read
+      from a queued job's spec; a task is the jobs submitted at the same
+      time), or a scout (one of the first ``scouts`` jobs started of a task
+      none of whose jobs has finished); a failing node runs a probe every
       ``probe_every`` seconds instead: a test job that passes after
       ``probe_time`` seconds, or fails like any job at a failing site;
     * at each sample every stage-in at a node that is not ok is weighed by
@@ -250,6 +259,11 @@ class Steering(Scheduler):
         self.probes_failed = 0
         self.state_seconds = {s: 0.0 for s in bk.STATE_RANK}
         self.claims = 0
+        # Per task (its jobs' submission time: a task's jobs are submitted at once), the
+        # compute seconds and count of its finished jobs: what scouting has learnt.
+        self.task_compute: dict[float, list[float]] = {}
+        self.task_started: dict[float, int] = {}     # jobs of the task started, per task
+        self._win: tuple[list[int], list[Job]] | None = None   # until the queue changes
         self._busy = False
         self._again = False
 
@@ -288,6 +302,16 @@ class Steering(Scheduler):
     def outcome(self, node: Node, ok: bool) -> None:
         self.cls[node.index].outcome(self.grid.now, ok)
         self._publish(node)
+
+    def finished(self, job: Job, compute_s: float) -> None:
+        seen = self.task_compute.setdefault(job.spec.submit, [0.0, 0])
+        seen[0] += compute_s
+        seen[1] += 1
+
+    def expected(self, job: Job) -> float | None:
+        """The mean compute of the finished jobs of ``job``'s task; None if none."""
+        seen = self.task_compute.get(job.spec.submit)
+        return seen[0] / seen[1] if seen else None
 
     def staged(self, job: Job) -> None:
         node = job.node
@@ -405,6 +429,7 @@ class Steering(Scheduler):
     def _dispatch_once(self) -> None:
         g = self.grid
         now = g.now
+        self._win = None                     # the queue may have changed since
         for site in g.sites:
             if site.free_cores <= 0:
                 continue
@@ -426,7 +451,13 @@ class Steering(Scheduler):
             self._probe(node, now)
         if c.jobs <= 0 or not g.queue:
             return
-        window = list(islice(g.queue, p.window))
+        if p.per_task:
+            if self._win is None:
+                self._win = self._window()
+            at, window = self._win
+        else:
+            window = list(islice(g.queue, p.window))
+            at = list(range(len(window)))
         moves = c.stage_ins > 0
         if not moves:                  # only jobs whose input it holds: any in the window?
             held = node.replicas
@@ -437,10 +468,31 @@ class Steering(Scheduler):
         options = [self._option(job, node, view, now, moves) for job in window]
         picks = bk.choose(options, c, p)
         chosen = [window[k] for k in picks]
-        for k in sorted(picks, reverse=True):
+        for k in sorted((at[k] for k in picks), reverse=True):
             del g.queue[k]
         for job in chosen:
+            t = job.spec.submit
+            self.task_started[t] = self.task_started.get(t, 0) + 1
             g._start(job, node)
+        self._win = None
+
+    def _window(self) -> tuple[list[int], list[Job]]:
+        """The first ``per_task`` queued jobs of each task, in queue order, at most
+        ``window`` of them: their places in the queue, and the jobs."""
+        p = self.p
+        taken: dict[float, int] = {}
+        at: list[int] = []
+        out: list[Job] = []
+        for n, job in enumerate(self.grid.queue):
+            t = job.spec.submit
+            k = taken.get(t, 0)
+            if k < p.per_task:
+                taken[t] = k + 1
+                at.append(n)
+                out.append(job)
+                if len(out) >= p.window:
+                    break
+        return at, out
 
     def _option(self, job: Job, node: Node, view: bk.NodeView, now: float,
                 moves: bool) -> bk.Option:
@@ -449,18 +501,24 @@ class Steering(Scheduler):
         ds = self.grid.datasets[job.spec.dataset]
         age = now - job.spec.submit
         excluded = self.released_from.get(job.spec.index) == node.index
+        expect: float | None = None
+        scout = False
+        if self.p.lpt_weight:
+            expect = self.expected(job)
+            scout = (expect is None
+                     and self.task_started.get(job.spec.submit, 0) < self.p.scouts)
         r = node.replicas.get(ds.index)
         if r is not None and r.complete:
-            return bk.Option(0.0, age, True, excluded)
+            return bk.Option(0.0, age, True, excluded, expect, scout)
         if not moves:
-            return bk.Option(math.inf, age, False, excluded)
+            return bk.Option(math.inf, age, False, excluded, expect, scout)
         src = self._best_source_class(ds, node.site)
         if src is None:                # no source: it will fail at once wherever it goes
-            return bk.Option(0.0, age, True, excluded)
+            return bk.Option(0.0, age, True, excluded, expect, scout)
         rate = self.lan_rate if src.site is node.site else self.wan_rate
         stage = bk.stage_estimate(job.spec.input / rate, view, self.published[src.index],
                                   self.p)
-        return bk.Option(stage, age, False, excluded)
+        return bk.Option(stage, age, False, excluded, expect, scout)
 
     def _best_source_class(self, ds: sim.Dataset, site: sim.Site) -> Node | None:
         """The holder of a complete replica of ``ds`` a node of ``site`` would read from,
@@ -645,6 +703,7 @@ class BottleneckGrid(sim.Grid):
     def _completed(self, job: Job) -> None:
         assert job.node is not None
         self.scheduler.outcome(job.node, True)
+        self.scheduler.finished(job, self.now - self.compute_start[job.spec.index])
         self._end(job)
 
     def _attempt_failed(self, job: Job) -> None:

@@ -25,6 +25,7 @@ from steering.brokerage import (
 )
 
 P = BrokerParams()
+FIFO = BrokerParams(lpt_weight=0.0)     # no longest-expected-first: queue order and locality
 STATES = ("ok", "congested", "failing")
 
 
@@ -150,6 +151,57 @@ def test_choose_respects_the_claim_and_the_exclusions(opts, jobs, moves):
                 assert score[k] <= score[i]
 
 
+LPT = BrokerParams(lpt_weight=1.0, scouts=4)
+
+timed = st.lists(st.builds(Option, stage_s=st.floats(0.0, 1e4), age_s=st.floats(0.0, 1e5),
+                           local=st.booleans(), excluded=st.booleans(),
+                           compute_s=st.none() | st.floats(0.0, 5e4)), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(timed, st.integers(0, 10), st.integers(0, 10))
+def test_with_no_lpt_weight_expected_compute_changes_nothing(opts, jobs, moves):
+    c = Claim(jobs, min(jobs, moves), False)
+    blind = [Option(o.stage_s, o.age_s, o.local, o.excluded) for o in opts]
+    assert choose(opts, c, FIFO) == choose(blind, c, FIFO)
+
+
+def test_with_lpt_weight_the_longest_expected_job_goes_first():
+    opts = [Option(40.0, 100.0, compute_s=1800.0), Option(40.0, 100.0, compute_s=7200.0),
+            Option(0.0, 100.0, local=True, compute_s=3600.0)]
+    assert choose(opts, Claim(1, 1, False), FIFO) == [2]    # without: the local one
+    assert choose(opts, Claim(3, 3, False), LPT) == [1, 2, 0]
+    assert choose(opts, Claim(3, 0, False), LPT) == [2]     # no stage-in allowed
+
+
+def test_an_unknown_compute_counts_as_the_mean_of_the_known_ones():
+    opts = [Option(0.0, compute_s=None), Option(0.0, compute_s=1000.0),
+            Option(0.0, compute_s=3000.0)]
+    assert choose(opts, Claim(3, 3, False), LPT) == [2, 0, 1]   # None = 2000
+    unknown = [Option(10.0, 5.0), Option(0.0, 5.0)]               # none known: as today
+    assert choose(unknown, Claim(2, 2, False), LPT) == choose(unknown, Claim(2, 2, False), FIFO)
+
+
+def test_scouts_go_before_every_other_job():
+    opts = [Option(0.0, 1e4, local=True, compute_s=9000.0), Option(300.0, scout=True)]
+    assert choose(opts, Claim(1, 1, False), LPT) == [1]
+    assert choose(opts, Claim(1, 0, False), LPT) == [0]     # a scout still needs its move
+
+
+@settings(max_examples=300, deadline=None)
+@given(timed, st.floats(0.0, 10.0), st.floats(0.01, 0.99))
+def test_age_credit_still_overtakes_any_expected_compute(opts, weight, credit):
+    # A job older than the rest by more than what its shorter compute and longer
+    # stage-in cost it is taken first: no job waits forever behind long ones.
+    p = BrokerParams(lpt_weight=weight, age_credit=credit, window=100)
+    opts = [o for o in opts if not o.excluded and o.compute_s is not None]
+    if not opts:
+        return
+    lead = max(weight * o.compute_s + credit * o.age_s for o in opts if o.compute_s is not None)
+    old = Option(1e4, (lead + 1e4 + 1.0) / credit, compute_s=0.0)
+    assert choose([*opts, old], Claim(1, 1, False), p) == [len(opts)]
+
+
 # -- (c) releases ----------------------------------------------------------------------------
 
 
@@ -228,6 +280,9 @@ def test_sources_in_order_begin_with_the_pick_and_put_congested_ones_last(srcs):
     ({"release_gain": 0.5}, "release_gain"),
     ({"age_credit": 1.0}, "age_credit"),
     ({"window": 0}, "window"),
+    ({"lpt_weight": -1.0}, "lpt_weight"),
+    ({"scouts": -1}, "scouts"),
+    ({"per_task": 1.5}, "per_task"),
     ({"probe_every": float("nan")}, "probe_every"),
 ])
 def test_bad_parameters_are_refused_by_name(kw, needle):

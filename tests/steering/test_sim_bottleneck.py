@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from replication.sim import GB, Gbps
-from steering.brokerage import NodeView
+from steering.brokerage import BrokerParams, NodeView
 from steering.sim import (
     SCHEDULERS,
     Bottleneck,
@@ -146,6 +146,30 @@ def test_gridnode_reads_from_a_healthy_source_before_a_congested_one():
     assert steer.source(job, ds, reader).node.index == 1     # failing jobs, not disks
     steer.published[1] = NodeView("congested", 1.5, 0.0, 0, 2)
     assert steer.source(job, ds, reader).node.index == 0     # both congested: the LAN
+
+
+def test_gridnode_scouts_a_task_then_starts_its_long_jobs_first():
+    # One 2-core node holding the data. Task S (at 0 s): 30 jobs of 100 s; task L (at
+    # 0.5 s): 3 jobs of 1000 s. In queue order L starts at 1500 s and ends at 3500 s.
+    # Scouting: one job of L starts as soon as a core frees (100 s); once it has
+    # finished (1100 s) L's jobs are known to be long and start before S's rest.
+    jobs = [(0.0, 0, 0, GB, 100.0)] * 30 + [(0.5, 0, 0, GB, 1000.0)] * 3
+    fifo = BottleneckGrid(bworld([1], [(10 * GB, (0,))], jobs),
+                          make_scheduler("gridnode", 1, BrokerParams(lpt_weight=0.0)))
+    fifo.run()
+    assert fifo.stats.makespan == pytest.approx(3500.0, abs=1.0)
+    lpt = BrokerParams(lpt_weight=1.0, scouts=1)
+    w = bworld([1], [(10 * GB, (0,))], jobs)
+    grid = BottleneckGrid(w, make_scheduler("gridnode", 1, lpt))
+    grid.run()
+    grid.check()
+    start = grid.compute_start
+    assert start[30] == pytest.approx(100.0, abs=1.0)                  # the scout
+    assert start[31] == start[32] == pytest.approx(1100.0, abs=1.0)    # then the rest
+    assert max(start[:30]) > 2000.0                                    # S's last jobs after
+    assert grid.stats.makespan == pytest.approx(3000.0, abs=1.0)
+    # Learnt from the finished jobs only: L's mean is its jobs' compute.
+    assert grid.scheduler.task_compute[0.5] == pytest.approx([3000.0, 3])
 
 
 # -- whole runs: every job ends, the books balance, a seed gives one run ---------------------
