@@ -77,13 +77,21 @@ class Page:
         raise AssertionError(f"{path} did not show {words} in {limit:g} s; it showed:\n{text}")
 
     async def submit(self, form_id: str, **fields: str) -> None:
+        """Fill a form, press its button, and wait for the page it leads to."""
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.wait import WebDriverWait
+
         def go() -> None:
+            before = self.d.find_element("tag name", "html")
             form = self.d.find_element("id", form_id)
             for name, value in fields.items():
                 box = form.find_element("name", name)
                 box.clear()
                 box.send_keys(value)
             form.find_element("tag name", "button").click()
+            wait = WebDriverWait(self.d, 30)
+            wait.until(expected_conditions.staleness_of(before))
+            wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
         await trio.to_thread.run_sync(go)
 
 
