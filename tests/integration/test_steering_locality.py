@@ -49,8 +49,10 @@ async def test_jobs_go_to_the_nodes_that_hold_their_inputs(short_tmp):
         mine = [ran[(g.ids[i], names[i])] for i in (0, 1)]
         other = [ran[(g.ids[i], names[1 - i])] for i in (0, 1)]
         print("jobs each holder ran reading its own dataset, the other's:", mine, other)
-        assert all(m > o for m, o in zip(mine, other, strict=True)), (mine, other)
-        assert sum(mine) >= 3 * sum(other), (mine, other)
+        # (A holder may run none at all: the others may have taken every job while it
+        # waited between two claims.)
+        assert all(m >= o for m, o in zip(mine, other, strict=True)), (mine, other)
+        assert sum(mine) >= max(4, 3 * sum(other)), (mine, other)
         rules = [p.rule for r in records for p in r.placements
                  if p.worker in (g.ids[0], g.ids[1])]
         assert any("its inputs are on the worker" in rule for rule in rules)
