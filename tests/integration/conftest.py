@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.grid import Grid
+from tests.integration.grid import running_grid
 
 
 @pytest.fixture
 async def grid4(short_tmp):
     """Four nodes, every role on each, 2 cores each, short leases and rounds."""
-    g = Grid(short_tmp, 4)
-    g.prepare()
-    for i in range(4):
-        g.start(i)
-    try:
-        await g.converge()
+    async with running_grid(short_tmp, 4) as g:
         yield g
-    finally:
-        g.stop()
-        print(g.logs(full=True))  # pytest shows it when the test failed
-    # Whatever happened, no node hit a bug (an internal error is logged with a traceback).
-    assert "Traceback" not in g.logs(full=True)

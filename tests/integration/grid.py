@@ -6,6 +6,8 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -104,3 +106,24 @@ class Grid:
     def logs(self, *, full: bool = False) -> str:
         return "\n".join((self.dir(i) / "node.log").read_text(errors="replace")[
             0 if full else -3000:] for i in self.procs)
+
+
+@asynccontextmanager
+async def running_grid(root: Path, n: int, configure: Callable[[Grid], None] | None = None
+                       ) -> AsyncIterator[Grid]:
+    """``n`` node processes (``configure`` may edit their configs before they start),
+    converged; stopped at the end, their logs printed (pytest shows them when the test
+    failed), and, when the test passed, checked for tracebacks: no node hit a bug."""
+    g = Grid(root, n)
+    g.prepare()
+    if configure is not None:
+        configure(g)
+    for i in range(n):
+        g.start(i)
+    try:
+        await g.converge()
+        yield g
+    finally:
+        g.stop()
+        print(g.logs(full=True))
+    assert "Traceback" not in g.logs(full=True)

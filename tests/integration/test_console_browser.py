@@ -15,7 +15,7 @@ import trio
 
 from node.client import Client
 from steering import JobSpec
-from tests.integration.grid import Grid
+from tests.integration.grid import Grid, running_grid
 from tests.integration.test_datasets import make_files, run_cli
 
 pytestmark = pytest.mark.slow
@@ -96,14 +96,12 @@ class Page:
 
 
 async def test_console_in_a_browser(short_tmp, browser):
-    g = Grid(short_tmp, 3)
-    g.prepare()
-    for i in range(3):
-        g.edit_config(i, ('[console]\nlisten = "auto"', '[console]\nlisten = "127.0.0.1:0"'),
-                      ("[monitor]\ninterval = 10.0", "[monitor]\ninterval = 0.5"))
-        g.start(i)
-    try:
-        await g.converge()
+    def console_on_any_port(g: Grid) -> None:
+        for i in range(3):
+            g.edit_config(i, ('[console]\nlisten = "auto"', '[console]\nlisten = "127.0.0.1:0"'),
+                          ("[monitor]\ninterval = 10.0", "[monitor]\ninterval = 0.5"))
+
+    async with running_grid(short_tmp, 3, console_on_any_port) as g:
         code, out, err = await run_cli("console", "--data-dir", str(g.dir(0)), "--json")
         assert code == 0, err
         link = json.loads(out)["login"]
@@ -215,7 +213,3 @@ async def test_console_in_a_browser(short_tmp, browser):
             with trio.fail_after(60):
                 [r] = await c.wait(here, poll=0.3)
         assert r.state == "finished"
-    finally:
-        g.stop()
-        print(g.logs(full=True))
-    assert "Traceback" not in g.logs(full=True)

@@ -10,7 +10,7 @@ import trio
 
 from node.client import Client
 from steering import JobSpec
-from tests.integration.grid import Grid
+from tests.integration.grid import Grid, running_grid
 from tests.integration.test_datasets import run_cli
 
 pytestmark = pytest.mark.slow
@@ -39,14 +39,12 @@ async def health_of(c: Client, node_id: bytes) -> str:
 
 
 async def test_a_failing_node_gets_no_jobs_until_its_probes_pass(short_tmp):
-    g = Grid(short_tmp, 3)
-    g.prepare()
-    for i in range(3):
-        g.edit_config(i, ("[monitor]\ninterval = 10.0", "[monitor]\ninterval = 0.3"),
-                      ("probe_interval = 60.0", "probe_interval = 1.0"))
-        g.start(i)
-    try:
-        await g.converge()
+    def fast_monitor(g: Grid) -> None:
+        for i in range(3):
+            g.edit_config(i, ("[monitor]\ninterval = 10.0", "[monitor]\ninterval = 0.3"),
+                          ("probe_interval = 60.0", "probe_interval = 1.0"))
+
+    async with running_grid(short_tmp, 3, fast_monitor) as g:
         bad = 2
         jobs = g.dir(bad) / "jobs"  # where its sandboxes go: a file, so every job fails
         shutil.rmtree(jobs)
@@ -82,7 +80,3 @@ async def test_a_failing_node_gets_no_jobs_until_its_probes_pass(short_tmp):
         logs = (g.dir(bad) / "node.log").read_text()
         assert "event=health.changed state=failing" in logs
         assert "was=failing" in logs and "probes in a row passed" in logs
-    finally:
-        g.stop()
-        print(g.logs(full=True))
-    assert "Traceback" not in g.logs(full=True)

@@ -9,7 +9,7 @@ import pytest
 
 from node.client import Client
 from replication import ReplicationPolicy
-from tests.integration.grid import Grid
+from tests.integration.grid import running_grid
 from tests.integration.test_steering import finish, spec
 
 pytestmark = pytest.mark.slow
@@ -18,12 +18,7 @@ PER_DATASET = 12
 
 
 async def test_jobs_go_to_the_nodes_that_hold_their_inputs(short_tmp):
-    g = Grid(short_tmp, 3)
-    g.prepare()
-    for i in range(3):
-        g.start(i)
-    try:
-        await g.converge()
+    async with running_grid(short_tmp, 3) as g:
         one = ReplicationPolicy(1, 1)  # one replica each, never copied elsewhere
         names = {}
         for i in (0, 1):  # dataset d0 only on node 0, d1 only on node 1
@@ -56,7 +51,3 @@ async def test_jobs_go_to_the_nodes_that_hold_their_inputs(short_tmp):
         rules = [p.rule for r in records for p in r.placements
                  if p.worker in (g.ids[0], g.ids[1])]
         assert any("its inputs are on the worker" in rule for rule in rules)
-    finally:
-        g.stop()
-        print(g.logs(full=True))
-    assert "Traceback" not in g.logs(full=True)

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from node.client import Client
-from tests.integration.grid import Grid
+from tests.integration.grid import Grid, running_grid
 from tests.integration.test_datasets import run_cli
 from tests.integration.test_steering import finish, spec
 
@@ -20,14 +20,11 @@ JOBS = 40
 
 
 async def test_a_slow_node_gets_fewer_jobs_and_explain_says_why(short_tmp):
-    g = Grid(short_tmp, 3)
-    g.prepare()
-    # Testing only: each job holds its slot 4 s before it starts (a slow node).
-    g.edit_config(SLOW, ("start_delay = 0.0", "start_delay = 4.0"))
-    for i in range(3):
-        g.start(i)
-    try:
-        await g.converge()
+    def slow(g: Grid) -> None:
+        # Testing only: each job holds its slot 4 s before it starts (a slow node).
+        g.edit_config(SLOW, ("start_delay = 0.0", "start_delay = 4.0"))
+
+    async with running_grid(short_tmp, 3, slow) as g:
         async with Client.connect(g.address(0), user_dir=g.user_dir) as c:
             ids = await c.submit([spec("sh", "-c", "sleep 0.2") for _ in range(JOBS)])
             await finish(c, ids)
@@ -67,7 +64,3 @@ async def test_a_slow_node_gets_fewer_jobs_and_explain_says_why(short_tmp):
                                        "--user-dir", str(g.user_dir))
         assert code != 0 and out == ""
         assert err.count("\n") == 1 and err.startswith("gridnode: error:") and "ab" * 20 in err
-    finally:
-        g.stop()
-        print(g.logs(full=True))
-    assert "Traceback" not in g.logs(full=True)
