@@ -88,6 +88,9 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+ANY_LENGTH = {"node_cores"}   # tuple fields of any length; the others are (low, high)
+
+
 def _convert(text: str, like: Any, name: str) -> Any:
     try:
         if isinstance(like, bool):
@@ -100,6 +103,8 @@ def _convert(text: str, like: Any, name: str) -> Any:
             return float(text)
         if isinstance(like, tuple):
             parts = text.split(",")
+            if name in ANY_LENGTH:
+                like = (like[0],) * len(parts)
             if len(parts) != len(like):
                 raise ValueError(text)
             return tuple(_convert(p, x, name) for p, x in zip(parts, like, strict=True))

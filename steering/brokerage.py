@@ -21,7 +21,8 @@ rules, each a function:
     better matches forever), less ``lpt_weight`` times its expected compute
     (the longest first, so the last jobs of a busy period are short ones:
     the mean compute of the finished jobs of its task; a job whose task has
-    none finished counts as the mean of those in the window that have);
+    none finished counts as the mean of those in the window that have, or as
+    long as its task's job that has computed longest so far, if longer);
     scouts (the first ``scouts`` jobs to start of a task with none finished,
     marked by the caller) go before any other, so that every task's length
     is soon known; ties go to the older job.
@@ -207,6 +208,8 @@ class Option:
     compute_s: float | None = None  # expected compute (its task's finished jobs); None: unknown
     scout: bool = False         # one of the first ``scouts`` jobs of a task none of whose
                                 # jobs has finished: taken before the others
+    running_s: float = 0.0      # compute unknown: the longest one of its task's jobs has
+                                # been computing (its compute is at least about that)
 
 
 def choose(options: Sequence[Option], c: Claim, p: BrokerParams) -> list[int]:
@@ -223,7 +226,8 @@ def choose(options: Sequence[Option], c: Claim, p: BrokerParams) -> list[int]:
         unknown = sum(known) / len(known) if known else 0.0
     # Scouts first; then by stage-in less the age credit less the weighted compute.
     seen = sorted((not o.scout, (0.0 if o.local else o.stage_s) - p.age_credit * o.age_s
-                   - (w * (unknown if o.compute_s is None else o.compute_s) if w else 0.0), i)
+                   - (w * (max(unknown, o.running_s) if o.compute_s is None else o.compute_s)
+                      if w else 0.0), i)
                   for i, o in enumerate(window) if not o.excluded)
     out: list[int] = []
     moves = c.stage_ins

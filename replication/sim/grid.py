@@ -128,9 +128,9 @@ class Grid:
             self.sites.append(site)
             for _ in range(spec.nodes):
                 n = len(self.nodes)
+                cores = workload.cores_of(n)
                 node = Node(n, n.to_bytes(8, "big"), site, Link(sc.lan_rate),
-                            sc.cores_per_node, sc.disk_per_node, Link(sc.repl_rate),
-                            free_cores=sc.cores_per_node)
+                            cores, sc.disk_per_node, Link(sc.repl_rate), free_cores=cores)
                 site.nodes.append(node)
                 site.free_cores += node.cores
                 self.nodes.append(node)

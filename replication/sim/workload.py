@@ -176,6 +176,15 @@ class Workload:
     failures: tuple[Failure, ...]
     episodes: tuple[Episode, ...]
     duration: float            # last submission
+    node_cores: tuple[int, ...] = ()   # per node; empty: every node ``cores_per_node``
+
+    def cores_of(self, node: int) -> int:
+        return self.node_cores[node] if self.node_cores else self.scenario.cores_per_node
+
+    @property
+    def total_cores(self) -> int:
+        return sum(self.node_cores) if self.node_cores else (
+            self.scenario.nodes * self.scenario.cores_per_node)
 
 
 def _rng(seed: int, purpose: str) -> random.Random:

@@ -263,6 +263,8 @@ class Steering(Scheduler):
         # compute seconds and count of its finished jobs: what scouting has learnt.
         self.task_compute: dict[float, list[float]] = {}
         self.task_started: dict[float, int] = {}     # jobs of the task started, per task
+        # Per task, its jobs computing now: job index -> when it began (in that order).
+        self.task_running: dict[float, dict[int, float]] = {}
         self._win: tuple[list[int], list[Job]] | None = None   # until the queue changes
         self._busy = False
         self._again = False
@@ -307,6 +309,22 @@ class Steering(Scheduler):
         seen = self.task_compute.setdefault(job.spec.submit, [0.0, 0])
         seen[0] += compute_s
         seen[1] += 1
+        self._stopped(job)
+
+    def _stopped(self, job: Job) -> None:
+        running = self.task_running.get(job.spec.submit)
+        if running is not None:
+            running.pop(job.spec.index, None)
+
+    def retry(self, job: Job) -> None:
+        self._stopped(job)
+        super().retry(job)
+
+    def running_for(self, job: Job) -> float:
+        """How long the job of ``job``'s task that has computed longest has been
+        computing: while none has finished, its compute is at least about that."""
+        running = self.task_running.get(job.spec.submit)
+        return self.grid.now - next(iter(running.values())) if running else 0.0
 
     def expected(self, job: Job) -> float | None:
         """The mean compute of the finished jobs of ``job``'s task; None if none."""
@@ -314,6 +332,7 @@ class Steering(Scheduler):
         return seen[0] / seen[1] if seen else None
 
     def staged(self, job: Job) -> None:
+        self.task_running.setdefault(job.spec.submit, {})[job.spec.index] = self.grid.now
         node = job.node
         if node is not None and self.published[node.index].state == "congested":
             self.dispatch()                  # it may claim again
@@ -503,22 +522,24 @@ class Steering(Scheduler):
         excluded = self.released_from.get(job.spec.index) == node.index
         expect: float | None = None
         scout = False
+        running = 0.0
         if self.p.lpt_weight:
             expect = self.expected(job)
-            scout = (expect is None
-                     and self.task_started.get(job.spec.submit, 0) < self.p.scouts)
+            if expect is None:
+                scout = self.task_started.get(job.spec.submit, 0) < self.p.scouts
+                running = self.running_for(job)
         r = node.replicas.get(ds.index)
         if r is not None and r.complete:
-            return bk.Option(0.0, age, True, excluded, expect, scout)
+            return bk.Option(0.0, age, True, excluded, expect, scout, running)
         if not moves:
-            return bk.Option(math.inf, age, False, excluded, expect, scout)
+            return bk.Option(math.inf, age, False, excluded, expect, scout, running)
         src = self._best_source_class(ds, node.site)
         if src is None:                # no source: it will fail at once wherever it goes
-            return bk.Option(0.0, age, True, excluded, expect, scout)
+            return bk.Option(0.0, age, True, excluded, expect, scout, running)
         rate = self.lan_rate if src.site is node.site else self.wan_rate
         stage = bk.stage_estimate(job.spec.input / rate, view, self.published[src.index],
                                   self.p)
-        return bk.Option(stage, age, False, excluded, expect, scout)
+        return bk.Option(stage, age, False, excluded, expect, scout, running)
 
     def _best_source_class(self, ds: sim.Dataset, site: sim.Site) -> Node | None:
         """The holder of a complete replica of ``ds`` a node of ``site`` would read from,
@@ -573,6 +594,8 @@ class Steering(Scheduler):
     def on_death(self, node: Node) -> None:
         i = node.index
         self.probing[i] = False
+        for job in node.jobs.values():
+            self._stopped(job)
 
     def on_revive(self, node: Node) -> None:
         i = node.index

@@ -104,7 +104,7 @@ def run_one(world: World, name: str, broker: bk.BrokerParams | None = None,
 def capacity_steps(world: World) -> list[tuple[float, int]]:
     """(time, usable cores from then on), in time order, from time 0."""
     sc = world.scenario
-    cores = sc.base.cores_per_node
+    cores_of = world.workload.cores_of
     nsites = len(world.workload.sites)
     site_of = [i for i, s in enumerate(world.workload.sites) for _ in range(s.nodes)]
     changes: list[tuple[float, str, int, int]] = []   # time, what, whom, +1 up / -1 down
@@ -121,7 +121,7 @@ def capacity_steps(world: World) -> list[tuple[float, int]]:
     failing = [0] * nsites
 
     def usable() -> int:
-        return cores * sum(1 for n in range(sc.nodes) if alive[n] and not failing[site_of[n]])
+        return sum(cores_of(n) for n in range(sc.nodes) if alive[n] and not failing[site_of[n]])
 
     steps = [(0.0, usable())]
     for t, what, who, d in changes:

@@ -73,6 +73,7 @@ class BottleneckScenario:
     storage_hours: float = 3.0
     failing_sites: float = 1.0
     failing_hours: float = 1.0
+    node_cores: tuple[int, ...] = (4, 8, 12)   # cores of a node: drawn per node
 
     @property
     def name(self) -> str:
@@ -110,6 +111,9 @@ class BottleneckScenario:
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise bad(f"{name} must be in (0, 1], not {value}")
+        if not self.node_cores or not all(1 <= c <= 4096 for c in self.node_cores):
+            raise bad(f"node_cores needs one or more core counts of 1-4096, not "
+                      f"{self.node_cores}")
         if not 1 <= self.max_attempts <= 100:
             raise bad(f"max_attempts must be 1-100, not {self.max_attempts}")
 
@@ -143,7 +147,7 @@ class World:
     @property
     def span(self) -> float:
         """The expected span: the work over every core of the grid."""
-        return self.work / (self.scenario.nodes * self.scenario.base.cores_per_node)
+        return self.work / self.workload.total_cores
 
 
 def _rng(seed: int, purpose: str) -> random.Random:
@@ -155,13 +159,15 @@ def build_world(sc: BottleneckScenario) -> World:
     base = sc.base
     # The hot-spot builder makes the sites and the datasets (and one throw-away job).
     grid = sim.build(dataclasses.replace(base, jobs=1))
-    jobs, tasks = _jobs(sc, grid.sites, grid.datasets, _rng(sc.seed, "jobs"))
+    rng = _rng(sc.seed, "cores")
+    node_cores = tuple(rng.choice(sc.node_cores) for _ in range(sc.nodes))
+    cores = sum(node_cores)
+    jobs, tasks = _jobs(sc, grid.sites, grid.datasets, cores, _rng(sc.seed, "jobs"))
     work = sum(j.compute for j in jobs)
-    cores = sc.nodes * base.cores_per_node
     horizon = 3 * work / cores + 24 * HOUR       # node deaths planned well past the end
     failures = _failures(base, horizon, _rng(sc.seed, "failures"))
     workload = sim.Workload(base, grid.sites, grid.datasets, jobs, failures, (),
-                            jobs[-1].submit)
+                            jobs[-1].submit, node_cores)
     bottlenecks = _bottlenecks(sc, workload, work / cores, _rng(sc.seed, "bottlenecks"))
     return World(sc, workload, bottlenecks, tasks, work)
 
@@ -171,10 +177,9 @@ def _lognormal(rng: random.Random, mean: float, sigma: float) -> float:
 
 
 def _jobs(sc: BottleneckScenario, sites: tuple[sim.workload.SiteSpec, ...],
-          datasets: tuple[sim.workload.DatasetSpec, ...],
+          datasets: tuple[sim.workload.DatasetSpec, ...], cores: int,
           rng: random.Random) -> tuple[tuple[sim.workload.JobSpec, ...], int]:
     base = sc.base
-    cores = sc.nodes * base.cores_per_node
     nds = len(datasets)
     ranking = list(range(nds))
     rng.shuffle(ranking)

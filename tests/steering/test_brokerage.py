@@ -155,7 +155,8 @@ LPT = BrokerParams(lpt_weight=1.0, scouts=4)
 
 timed = st.lists(st.builds(Option, stage_s=st.floats(0.0, 1e4), age_s=st.floats(0.0, 1e5),
                            local=st.booleans(), excluded=st.booleans(),
-                           compute_s=st.none() | st.floats(0.0, 5e4)), max_size=60)
+                           compute_s=st.none() | st.floats(0.0, 5e4),
+                           running_s=st.floats(0.0, 5e4)), max_size=60)
 
 
 @settings(max_examples=200, deadline=None)
@@ -180,6 +181,16 @@ def test_an_unknown_compute_counts_as_the_mean_of_the_known_ones():
     assert choose(opts, Claim(3, 3, False), LPT) == [2, 0, 1]   # None = 2000
     unknown = [Option(10.0, 5.0), Option(0.0, 5.0)]               # none known: as today
     assert choose(unknown, Claim(2, 2, False), LPT) == choose(unknown, Claim(2, 2, False), FIFO)
+
+
+def test_an_unknown_compute_counts_at_least_as_long_as_its_task_has_computed():
+    # None of its task's jobs has finished, but one has computed for 5000 s: the
+    # task is longer than the known 3000 s one.
+    opts = [Option(0.0, compute_s=3000.0), Option(0.0, running_s=5000.0),
+            Option(0.0, running_s=100.0)]
+    assert choose(opts, Claim(3, 3, False), LPT) == [1, 0, 2]   # the last = mean 3000, older
+    known = [Option(0.0, compute_s=1000.0, running_s=9000.0), Option(0.0, compute_s=2000.0)]
+    assert choose(known, Claim(2, 2, False), LPT) == [1, 0]    # a finished job's mean stands
 
 
 def test_scouts_go_before_every_other_job():

@@ -151,8 +151,11 @@ def test_gridnode_reads_from_a_healthy_source_before_a_congested_one():
 def test_gridnode_scouts_a_task_then_starts_its_long_jobs_first():
     # One 2-core node holding the data. Task S (at 0 s): 30 jobs of 100 s; task L (at
     # 0.5 s): 3 jobs of 1000 s. In queue order L starts at 1500 s and ends at 3500 s.
-    # Scouting: one job of L starts as soon as a core frees (100 s); once it has
-    # finished (1100 s) L's jobs are known to be long and start before S's rest.
+    # Scouting: one job of L starts as soon as a core frees (100 s). S's jobs are
+    # known to take 100 s once the first has finished; once L's scout has computed
+    # longer than that, L's rest is known to be longer and takes the next cores to
+    # free before S's rest: at 300 s (not at 200 s: a tie, which goes to the older)
+    # and at 1100 s, when the scout ends.
     jobs = [(0.0, 0, 0, GB, 100.0)] * 30 + [(0.5, 0, 0, GB, 1000.0)] * 3
     fifo = BottleneckGrid(bworld([1], [(10 * GB, (0,))], jobs),
                           make_scheduler("gridnode", 1, BrokerParams(lpt_weight=0.0)))
@@ -165,7 +168,8 @@ def test_gridnode_scouts_a_task_then_starts_its_long_jobs_first():
     grid.check()
     start = grid.compute_start
     assert start[30] == pytest.approx(100.0, abs=1.0)                  # the scout
-    assert start[31] == start[32] == pytest.approx(1100.0, abs=1.0)    # then the rest
+    assert start[31] == pytest.approx(300.0, abs=1.0)                  # then the rest
+    assert start[32] == pytest.approx(1100.0, abs=1.0)
     assert max(start[:30]) > 2000.0                                    # S's last jobs after
     assert grid.stats.makespan == pytest.approx(3000.0, abs=1.0)
     # Learnt from the finished jobs only: L's mean is its jobs' compute.
@@ -183,7 +187,7 @@ def test_each_scheduler_ends_every_job_and_is_deterministic(name):
     assert fig["jobs_finished"] + fig["jobs_failed"] == 1200
     ch = fig["core_hours"]
     total = sum(ch.values())
-    assert total == pytest.approx(30 * 8 * fig["makespan_s"] / 3600, rel=0.05)
+    assert total == pytest.approx(w.workload.total_cores * fig["makespan_s"] / 3600, rel=0.05)
     _, again = run_one(w, name)
     fig.pop("wall_s")
     again.pop("wall_s")
@@ -212,6 +216,20 @@ def test_the_oracle_counts_failing_sites_and_dead_nodes_out_and_waits_for_submis
     late = bworld([1, 1], [(GB, (0, 1))], [*jobs, (9000.0, 0, 0, GB, 100.0)], [fail])
     assert oracle(late)["makespan_s"] == pytest.approx(9100.0)
     assert oracle(late)["release_bound_s"] == pytest.approx(9000.0 + 100.0 / 4)
+
+
+def test_nodes_are_of_the_sizes_asked_and_the_oracle_counts_each_one_s_cores():
+    w = build_world(bottleneck(1, 60, 300))
+    cores = [w.workload.cores_of(n) for n in range(60)]
+    assert set(cores) == {4, 8, 12}
+    assert capacity_steps(w)[0] == (0.0, sum(cores)) and w.workload.total_cores == sum(cores)
+    grid = BottleneckGrid(w, make_scheduler("random", 1))
+    assert [n.cores for n in grid.nodes] == cores
+    assert w.span == pytest.approx(w.work / sum(cores))
+    even = build_world(bottleneck(1, 60, 300, node_cores=(8,)))
+    assert capacity_steps(even)[0] == (0.0, 480)
+    with pytest.raises(ValueError, match="node_cores"):
+        bottleneck(node_cores=()).check()
 
 
 def test_no_scheduler_beats_the_oracle():
@@ -268,6 +286,7 @@ def test_the_script_reports_json_for_a_small_bottleneck_run_and_is_deterministic
 def test_the_script_takes_settings_and_a_subset_of_schedulers():
     out = simulate("--scenario", "bottleneck", "--nodes", "20", "--jobs", "300",
                    "--policies", "least-loaded,gridnode", "--set", "failing_sites=0",
+                   "--set", "node_cores=6,10",
                    "--set", "lan_rate=2.5e9", "--policy-set", "congested_share=0.5",
                    "--policy-set", "hold=3")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -285,6 +304,8 @@ def test_the_script_takes_settings_and_a_subset_of_schedulers():
     (["--set", "colour=blue"], "no scenario field 'colour'"),
     (["--set", "link_factor=0"], "link_factor must be in (0, 1]"),
     (["--set", "task_jobs=5,1"], "task_jobs needs 1 <= low <= high"),
+    (["--set", "node_cores=8,0"], "node_cores needs one or more core counts of 1-4096"),
+    (["--set", "node_cores=8,x"], "node_cores: 'x' is not a valid int"),
     (["--policy-set", "congested_share=2"], "congested_share must be in (0, 1]"),
     (["--policy-set", "hold=0"], "hold must be 1-1000"),
     (["--policy-set", "reads_per_replica=2"], "no steering parameter 'reads_per_replica'"),
