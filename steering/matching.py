@@ -4,26 +4,40 @@ Order, as the issue asks: a job must fit the offer (resources, sites,
 labels); among those, higher priority first; within a priority, the user
 with the fewest jobs running (counting the ones picked in this round)
 first — fair share, so one user's 10,000 jobs do not starve another's 10;
-then the oldest job.  An offer may allow fewer jobs with input datasets
-than jobs (``max_stage_ins``: a congested worker, steering.brokerage rule b).
+then, among that user's next jobs (the oldest ``PER_TASK`` of each of
+their tasks), a task's scouts, then the longest expected (what its task's
+finished jobs took: ``steering.tasks``; brokerage rule a), then one whose
+inputs the worker holds, then the oldest.  An offer may allow fewer jobs
+with input datasets than jobs (``max_stage_ins``: a congested worker,
+steering.brokerage rule b).
 
 :class:`MatchQueue` keeps the activated jobs of one queue node indexed by
-priority and user, each user's jobs in submit order, so a claim looks at a
-few jobs per user instead of scanning the whole queue: its cost grows with
-the number of users and priorities, not with the number of jobs.
+priority, user and task, each task's jobs in submit order, so a claim looks
+at a few jobs per user instead of scanning the whole queue: its cost grows
+with the number of users, priorities and tasks (at most ``USER_WINDOW``
+jobs per user), not with the number of jobs.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .job import JobSpec
+from .tasks import TaskBook
 
 # How many jobs of one user a claim looks at for one that fits before it
-# moves on to the next user: bounds the cost of a claim.
+# moves on to the next user: bounds the cost of a claim.  Of the jobs without a
+# task id, the oldest SCAN_PER_USER; of each task, the oldest PER_TASK; in all at
+# most USER_WINDOW.
 SCAN_PER_USER = 32
+PER_TASK = 8
+USER_WINDOW = 128
+# A task's first SCOUTS jobs go before any other while none of its jobs has
+# finished (steering.tasks).
+SCOUTS = 10
 # Dataset names a claim may say its worker holds (Offer.held).
 MAX_HELD = 512
 
@@ -100,14 +114,16 @@ class Entry:
     excluded: bytes = field(default=b"", compare=False)
     # Its input datasets as SCOPE:NAME (dataset_names).
     inputs: tuple[str, ...] = field(default=(), compare=False)
+    # Its task id ("" for none: then it is its own task).
+    task: str = field(default="", compare=False)
 
     def local_to(self, held: frozenset[str]) -> bool:
         """Does a worker holding ``held`` have every input of this job?"""
         return bool(self.inputs) and all(n in held for n in self.inputs)
 
 
-class _UserJobs:
-    """One user's jobs at one priority, oldest first, from ``head`` on.
+class _TaskJobs:
+    """One task's jobs (of one user at one priority), oldest first, from ``head`` on.
 
     Claims take the oldest jobs, so removing the job at ``head`` only moves
     ``head`` (the dead prefix is cut off once it is half the list); keys are
@@ -144,16 +160,67 @@ class _UserJobs:
             del self.keys[i]
             del self.entries[i]
 
-    def window(self, n: int) -> list[Entry]:
-        return self.entries[self.head:self.head + n]
+    def first(self, n: int, taken: set[bytes]) -> Iterator[Entry]:
+        """The ``n`` oldest jobs not in ``taken``."""
+        if n <= 0:
+            return
+        for e in itertools.islice(self.entries, self.head, None):
+            if e.job_id not in taken:
+                yield e
+                n -= 1
+                if not n:
+                    return
+
+
+class _UserJobs:
+    """One user's jobs at one priority, by task (in the order the tasks came)."""
+
+    __slots__ = ("tasks", "count")
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, _TaskJobs] = {}
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, entry: Entry) -> None:
+        jobs = self.tasks.get(entry.task)
+        if jobs is None:
+            jobs = self.tasks[entry.task] = _TaskJobs()
+        jobs.add(entry)
+        self.count += 1
+
+    def remove(self, entry: Entry) -> None:
+        jobs = self.tasks[entry.task]
+        jobs.remove(entry)
+        self.count -= 1
+        if not len(jobs):
+            del self.tasks[entry.task]
+
+    def window(self, per_task: int, taken: set[bytes]) -> list[Entry]:
+        """What a claim looks at: the oldest ``per_task`` of each task (``SCAN_PER_USER``
+        of the jobs without one), at most ``USER_WINDOW`` jobs."""
+        out: list[Entry] = []
+        for task, jobs in self.tasks.items():
+            out.extend(jobs.first(min(per_task if task else SCAN_PER_USER,
+                                      USER_WINDOW - len(out)), taken))
+            if len(out) >= USER_WINDOW:
+                break
+        return out
 
 
 class MatchQueue:
     """The activated jobs one queue node may hand out."""
 
-    def __init__(self) -> None:
+    def __init__(self, book: TaskBook | None = None, scouts: int = SCOUTS,
+                 per_task: int = PER_TASK) -> None:
         self._by_priority: dict[int, dict[bytes, _UserJobs]] = {}
         self._entries: dict[bytes, Entry] = {}
+        # What the tasks' finished jobs taught (None: no longest first, no scouts).
+        self.book = book
+        self.scouts = scouts
+        self.per_task = per_task
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -193,6 +260,8 @@ class MatchQueue:
         counts = dict(running)
         taken: set[bytes] = set()
         moves = offer.max_jobs if offer.max_stage_ins is None else offer.max_stage_ins
+        scouted: dict[str, int] = {}   # jobs of tasks not known yet picked in this round
+        unknown: dict[bytes, float] = {}   # per user: what a task not known yet counts as
         for priority in sorted(self._by_priority, reverse=True):
             users = self._by_priority[priority]
             exhausted: set[bytes] = set()
@@ -203,12 +272,13 @@ class MatchQueue:
                 for user, jobs in users.items():
                     if user in exhausted:
                         continue
-                    window = jobs.window(SCAN_PER_USER + len(taken))
-                    ok = (e for e in window if e.job_id not in taken
-                          and e.excluded != offer.worker
-                          and fits(e.spec, site=offer.site, labels=offer.labels,
-                                   cores=cores, memory_mb=memory, disk_mb=disk))
-                    head = _first(ok, offer.held, moves)
+                    ok = sorted(e for e in jobs.window(self.per_task, taken)
+                                if e.excluded != offer.worker
+                                and fits(e.spec, site=offer.site, labels=offer.labels,
+                                         cores=cores, memory_mb=memory, disk_mb=disk))
+                    if user not in unknown:
+                        unknown[user] = self._unknown(ok)
+                    head = self._first(ok, offer.held, moves, scouted, unknown[user])
                     if head is None:
                         exhausted.add(user)
                         continue
@@ -219,6 +289,8 @@ class MatchQueue:
                     break
                 picked.append(best)
                 taken.add(best.job_id)
+                if self.book is not None and self.book.expected(best.task) is None:
+                    scouted[best.task] = scouted.get(best.task, 0) + 1
                 if best.spec.inputs and not best.local_to(offer.held):
                     moves -= 1
                 counts[best.user] = counts.get(best.user, 0) + 1
@@ -229,16 +301,30 @@ class MatchQueue:
                 break
         return picked
 
+    def _unknown(self, window: list[Entry]) -> float:
+        """What a job of a task none of whose jobs finished counts as: the mean of the
+        jobs of ``window`` whose task is known (0 if none is)."""
+        if self.book is None:
+            return 0.0
+        known = [x for x in map(self.book.expected, (e.task for e in window)) if x is not None]
+        return sum(known) / len(known) if known else 0.0
 
-def _first(fitting: Iterable[Entry], held: frozenset[str], moves: int) -> Entry | None:
-    """A user's job for a worker among those that fit, oldest first: the first whose
-    inputs the worker holds, else the oldest that needs no transfer or may have one."""
-    if not held:
-        return next((e for e in fitting if moves > 0 or not e.spec.inputs), None)
-    oldest = None
-    for e in fitting:
-        if e.local_to(held):
-            return e
-        if oldest is None and (moves > 0 or not e.spec.inputs):
-            oldest = e
-    return oldest
+    def _first(self, fitting: list[Entry], held: frozenset[str], moves: int,
+               scouted: dict[str, int], unknown: float) -> Entry | None:
+        """A user's next job for a worker, of those that fit (oldest first) and need
+        no transfer, or may have one: a scout first; then the longest expected (a
+        job of a task none of whose jobs finished counts as ``unknown``); then one
+        whose inputs the worker holds; then the oldest."""
+        book = self.book
+        best: Entry | None = None
+        best_key: tuple[bool, float, bool] | None = None
+        for e in fitting:
+            x = None if book is None else book.expected(e.task)
+            if not (moves > 0 or not e.spec.inputs or (held and e.local_to(held))):
+                continue
+            scout = (book is not None and x is None
+                     and book.scouts_left(e.task, self.scouts) > scouted.get(e.task, 0))
+            key = (not scout, -(unknown if x is None else x), not (held and e.local_to(held)))
+            if best_key is None or key < best_key:
+                best, best_key = e, key
+        return best

@@ -107,10 +107,14 @@ def placed(notes: tuple[Placement, ...], note: Placement) -> tuple[Placement, ..
 
 
 def rule_text(*, priority: int, user: str, user_running: int, age_s: float,
-              queued: int, local: bool = False) -> str:
+              queued: int, local: bool = False, scout: bool = False,
+              expected_s: float | None = None) -> str:
     """The primary's reason for a pick, as the matcher ordered it (steering.matching)."""
     return (f"matched: requirements ok, priority {priority}, fair share: user {user[:40]} had "
             f"{user_running} running, "
+            + ("a scout of its task, " if scout else "")
+            + (f"its task's jobs took {expected_s:.0f} s (longest first), "
+               if expected_s is not None else "")
             + ("its inputs are on the worker, " if local else "")
             + f"age {age_s:.0f} s, {queued} still queued")[:MAX_RULE]
 

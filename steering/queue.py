@@ -63,6 +63,7 @@ from .record import (
     report,
     requeue,
 )
+from .tasks import TaskBook, held_for
 
 logger = logging.getLogger("gridnode.queue")
 
@@ -134,7 +135,7 @@ class QueueNode:
     slots: dict[bytes, Slot] = field(default_factory=dict)
     leading: dict[bytes, int] = field(default_factory=dict)  # job -> our ballot
     expiry: dict[bytes, float] = field(default_factory=dict)  # job -> trio clock
-    match: MatchQueue = field(default_factory=MatchQueue)
+    match: MatchQueue = field(default_factory=lambda: MatchQueue(TaskBook()))
     running: Counter[bytes] = field(default_factory=Counter)  # user -> jobs running
     counters: Counter[str] = field(default_factory=Counter)
     changed: trio.Event = field(default_factory=trio.Event)
@@ -363,7 +364,8 @@ class QueueNode:
                 left = b""
             self.match.add(Entry(rec.job.submitted, j, rec.job.user_id, rec.job.spec.priority,
                                  rec.job.spec, left,
-                                 dataset_names(rec.job.spec.inputs, rec.job.user.name)))
+                                 dataset_names(rec.job.spec.inputs, rec.job.user.name),
+                                 rec.job.spec.task_id))
         else:
             self.match.remove(j)
         if rec.state in ("running", "transferring") and rec.lease is not None:
@@ -437,8 +439,13 @@ class QueueNode:
         grants = []
         if chosen:
             context = self._context(offer, now, counts)
+            book = self.match.book
             for rec, priority, user_running, local in chosen:
-                note = self._note(offer, rec, priority, user_running, local, now, context)
+                task = rec.job.spec.task_id
+                note = self._note(offer, rec, priority, user_running, local, now, context,
+                                  book is not None
+                                  and book.scouts_left(task, self.match.scouts) > 0,
+                                  book.expected(task) if book is not None else None)
                 grants.append(grant(rec, offer.worker, epoch=self.leading[rec.job_id], now=now,
                                     duration=self.config.lease_duration,
                                     placements=placed(rec.placements, note)))
@@ -449,6 +456,9 @@ class QueueNode:
             if not ok and r.job_id in self.leading and current is not None:
                 self._track(current)  # back in the matcher, or on a lease timer
         self.counters["jobs_leased"] += len(leased)
+        if self.match.book is not None:
+            for r in leased:
+                self.match.book.started(r.job.spec.task_id)
         return leased
 
     def _context(self, offer: Offer, now: float, running: dict[bytes, int]
@@ -475,8 +485,8 @@ class QueueNode:
 
     @staticmethod
     def _note(offer: Offer, rec: JobRecord, priority: int, user_running: int, local: bool,
-              now: float, context: tuple[int, tuple[Passed, ...], tuple[NodeSeen, ...]]
-              ) -> Placement:
+              now: float, context: tuple[int, tuple[Passed, ...], tuple[NodeSeen, ...]],
+              scout: bool = False, expected: float | None = None) -> Placement:
         """Why ``rec``'s next attempt goes to ``offer``'s worker (steering.placement)."""
         queued, passed, nodes = context
         return Placement(
@@ -484,7 +494,8 @@ class QueueNode:
             offer.max_jobs if offer.max_stage_ins is None else offer.max_stage_ins,
             offer.why[:MAX_WHY],
             rule_text(priority=priority, user=rec.job.user.name, user_running=user_running,
-                      age_s=max(0.0, now - rec.job.submitted), queued=queued, local=local),
+                      age_s=max(0.0, now - rec.job.submitted), queued=queued, local=local,
+                      scout=scout, expected_s=expected),
             queued, passed, nodes)
 
     def heartbeat(self, worker: bytes, leases: list[tuple[bytes, int]]) -> dict[bytes, Any]:
@@ -553,6 +564,9 @@ class QueueNode:
                     out[i] = "ok"
                     self.counters["jobs_finished" if new.state == "finished"
                                   else "jobs_failed"] += 1
+                    took = held_for(new.history)
+                    if took is not None and self.match.book is not None:
+                        self.match.book.finished(new.job.spec.task_id, took)
                     log("job.final", job=new.job_id, state=new.state, worker=worker,
                         reason=new.history[-1].reason)
         return out

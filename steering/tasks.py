@@ -1,0 +1,85 @@
+"""What a queue primary learns of its tasks (pure core): how long a task's jobs take,
+from those that finished, and how many of its jobs it has started.
+
+Brokerage rule (a) on a node: among the jobs a claim may take, the longest
+expected first, and a task's first ``scouts`` jobs before any other while none
+of its jobs has finished, so that every task's length is soon known (PanDA's
+scouts).  A job's time is read from its record's history: from its last lease
+(``running``) to ``finished`` — stage-in, compute and stage-out, what the
+worker's slot was held for.  A job without a task id is its own task and
+teaches nothing.
+
+Each primary learns from the jobs it leads, so a task spread over k primaries
+is scouted by each: up to k x ``scouts`` scouts in all.  The book keeps the
+``max_tasks`` tasks used last.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol
+
+MAX_TASKS = 4096
+
+
+class _Event(Protocol):
+    @property
+    def time(self) -> float: ...
+
+    @property
+    def state(self) -> str: ...
+
+
+def held_for(history: Sequence[_Event]) -> float | None:
+    """Seconds from the last lease to ``finished`` in a finished job's history; None
+    if it did not finish or the history lacks the lease."""
+    if not history or history[-1].state != "finished":
+        return None
+    for ev in reversed(history):
+        if ev.state == "running":
+            return max(0.0, history[-1].time - ev.time)
+    return None
+
+
+class TaskBook:
+    """Per task id: finished jobs' seconds and count, jobs started."""
+
+    def __init__(self, max_tasks: int = MAX_TASKS) -> None:
+        self.max_tasks = max_tasks
+        self._tasks: OrderedDict[str, list[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def _get(self, task: str) -> list[float]:
+        t = self._tasks.get(task)
+        if t is None:
+            t = self._tasks[task] = [0.0, 0, 0]
+            if len(self._tasks) > self.max_tasks:
+                self._tasks.popitem(last=False)
+        else:
+            self._tasks.move_to_end(task)
+        return t
+
+    def started(self, task: str) -> None:
+        if task:
+            self._get(task)[2] += 1
+
+    def finished(self, task: str, seconds: float) -> None:
+        if task:
+            t = self._get(task)
+            t[0] += seconds
+            t[1] += 1
+
+    def expected(self, task: str) -> float | None:
+        """The mean seconds of the task's finished jobs; None if none finished."""
+        t = self._tasks.get(task) if task else None
+        return t[0] / t[1] if t and t[1] else None
+
+    def scouts_left(self, task: str, scouts: int) -> int:
+        """How many more of ``task``'s jobs are its scouts (0 once one finished)."""
+        if not task:
+            return 0
+        t = self._tasks.get(task)
+        return scouts if t is None else 0 if t[1] else max(0, scouts - int(t[2]))
