@@ -253,8 +253,11 @@ class MatchQueue:
             if not users:
                 del self._by_priority[entry.priority]
 
-    def pick(self, offer: Offer, running: dict[bytes, int]) -> list[Entry]:
-        """Jobs for ``offer``, best first; they stay queued until ``remove``."""
+    def pick(self, offer: Offer, running: dict[bytes, int], now: float | None = None
+             ) -> list[Entry]:
+        """Jobs for ``offer``, best first; they stay queued until ``remove``.  ``now``
+        (the clock of the book's holding times): a task not known yet counts at
+        least as long as its job held longest."""
         picked: list[Entry] = []
         cores, memory, disk = offer.cores, offer.memory_mb, offer.disk_mb
         counts = dict(running)
@@ -278,7 +281,7 @@ class MatchQueue:
                                          cores=cores, memory_mb=memory, disk_mb=disk))
                     if user not in unknown:
                         unknown[user] = self._unknown(ok)
-                    head = self._first(ok, offer.held, moves, scouted, unknown[user])
+                    head = self._first(ok, offer.held, moves, scouted, unknown[user], now)
                     if head is None:
                         exhausted.add(user)
                         continue
@@ -310,11 +313,12 @@ class MatchQueue:
         return sum(known) / len(known) if known else 0.0
 
     def _first(self, fitting: list[Entry], held: frozenset[str], moves: int,
-               scouted: dict[str, int], unknown: float) -> Entry | None:
+               scouted: dict[str, int], unknown: float, now: float | None) -> Entry | None:
         """A user's next job for a worker, of those that fit (oldest first) and need
         no transfer, or may have one: a scout first; then the longest expected (a
-        job of a task none of whose jobs finished counts as ``unknown``); then one
-        whose inputs the worker holds; then the oldest."""
+        job of a task none of whose jobs finished counts as ``unknown``, or as long
+        as its job held longest, if longer); then one whose inputs the worker holds;
+        then the oldest."""
         book = self.book
         best: Entry | None = None
         best_key: tuple[bool, float, bool] | None = None
@@ -324,7 +328,10 @@ class MatchQueue:
                 continue
             scout = (book is not None and x is None
                      and book.scouts_left(e.task, self.scouts) > scouted.get(e.task, 0))
-            key = (not scout, -(unknown if x is None else x), not (held and e.local_to(held)))
+            if x is None:
+                x = unknown if now is None or book is None else max(
+                    unknown, book.running_for(e.task, now))
+            key = (not scout, -x, not (held and e.local_to(held)))
             if best_key is None or key < best_key:
                 best, best_key = e, key
         return best

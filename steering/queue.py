@@ -201,6 +201,8 @@ class QueueNode:
             rec = self.slots[job_id].record
             if rec is not None:
                 self.running[rec.job.user_id] -= 1
+                if self.match.book is not None:
+                    self.match.book.released(rec.job.spec.task_id, job_id)
         self.match.remove(job_id)
         self.counters["steps_down"] += 1
         log("queue.step_down", job=job_id, reason=reason)
@@ -368,13 +370,18 @@ class QueueNode:
                                  rec.job.spec.task_id))
         else:
             self.match.remove(j)
+        book = self.match.book
         if rec.state in ("running", "transferring") and rec.lease is not None:
             if j not in self.expiry:
                 self.running[rec.job.user_id] += 1
             self.expiry.setdefault(j, trio.current_time() + rec.lease.duration)
+            if book is not None:
+                book.holding(rec.job.spec.task_id, j, rec.lease.granted)
         elif j in self.expiry:
             del self.expiry[j]
             self.running[rec.job.user_id] -= 1
+            if book is not None:
+                book.released(rec.job.spec.task_id, j)
 
     async def _commit(self, changes: list[JobRecord], why: str) -> list[bool]:
         """Replicate records we lead; keep what a majority stored.
@@ -424,7 +431,7 @@ class QueueNode:
 
     async def claim(self, offer: Offer) -> list[JobRecord]:
         """Lease jobs that fit ``offer`` to its worker, each with a placement note."""
-        picked = self.match.pick(offer, dict(self.running))
+        picked = self.match.pick(offer, dict(self.running), time.time())
         now = time.time()
         # record, priority, its user's running jobs, inputs on the worker
         chosen: list[tuple[JobRecord, int, int, bool]] = []
@@ -471,7 +478,7 @@ class QueueNode:
             room = replace(offer, max_jobs=MAX_NEXT, cores=offer.cores * MAX_NEXT,
                            memory_mb=offer.memory_mb * MAX_NEXT, disk_mb=offer.disk_mb * MAX_NEXT)
             nxt, counts = [], dict(running)
-            for e in self.match.pick(room, running):
+            for e in self.match.pick(room, running, now):
                 if fits_offer(e.spec, offer):
                     nxt.append(Passed(e.job_id, e.priority, counts.get(e.user, 0),
                                       max(0.0, now - e.submitted)))

@@ -9,6 +9,11 @@ scouts).  A job's time is read from its record's history: from its last lease
 worker's slot was held for.  A job without a task id is its own task and
 teaches nothing.
 
+While none of a task's jobs has finished, the one of its jobs that has been
+held longest tells that the task's jobs take at least about that long
+(``running_for``): a long task's scouts, still running, put the task ahead
+of the tasks known to be shorter before any of them finishes.
+
 Each primary learns from the jobs it leads, so a task spread over k primaries
 is scouted by each: up to k x ``scouts`` scouts in all.  The book keeps the
 ``max_tasks`` tasks used last.
@@ -48,6 +53,8 @@ class TaskBook:
     def __init__(self, max_tasks: int = MAX_TASKS) -> None:
         self.max_tasks = max_tasks
         self._tasks: OrderedDict[str, list[float]] = OrderedDict()
+        # Per task, its jobs held now: job id -> since when (oldest first).
+        self._held: dict[str, dict[bytes, float]] = {}
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -71,6 +78,28 @@ class TaskBook:
             t = self._get(task)
             t[0] += seconds
             t[1] += 1
+
+    def holding(self, task: str, job_id: bytes, since: float) -> None:
+        """A job of ``task`` is held by a worker since ``since`` (its lease)."""
+        if task:
+            held = self._held.setdefault(task, {})
+            if job_id not in held:
+                held[job_id] = since
+                if len(self._held) > self.max_tasks:
+                    del self._held[next(iter(self._held))]
+
+    def released(self, task: str, job_id: bytes) -> None:
+        """That job is not held any more (finished, failed, requeued, lease expired)."""
+        held = self._held.get(task)
+        if held is not None:
+            held.pop(job_id, None)
+            if not held:
+                del self._held[task]
+
+    def running_for(self, task: str, now: float) -> float:
+        """How long the job of ``task`` held longest has been held (0: none held)."""
+        held = self._held.get(task)
+        return max(0.0, now - min(held.values())) if held else 0.0
 
     def expected(self, task: str) -> float | None:
         """The mean seconds of the task's finished jobs; None if none finished."""

@@ -92,3 +92,26 @@ async def test_jobs_wait_for_their_inputs_then_activate_or_fail(autojump_clock):
     assert "alice:nothing is not in the catalog" in gone.failure.diagnosis
     [leased] = await q.claim(Offer(WORKER, "site", 8, 1 << 20, 1 << 30))
     assert leased.job_id == waits.job_id
+
+
+async def test_a_primary_scouts_each_task_then_hands_out_its_longest_task_first():
+    short, long_ = "a" * 40, "b" * 40
+    q = solo_queue(GRID, ME)
+    q.match.scouts = 1
+    jobs = [job(i, task_id=short) for i in range(3)] + [job(10 + i, task_id=long_)
+                                                        for i in range(3)]
+    await q.create(jobs, {j.job_id: (ME,) for j in jobs})
+
+    def offer(n):
+        return Offer(WORKER, "site", cores=n, memory_mb=1 << 20, disk_mb=1 << 30, max_jobs=n)
+
+    scouts = await q.claim(offer(2))              # one scout of each task, not two of S
+    assert [r.job.spec.task_id for r in scouts] == [short, long_]
+    assert all("a scout of its task" in r.placements[-1].rule for r in scouts)
+    assert await q.report(WORKER, [report_of(scouts[0])]) == ["ok"]
+    await trio.sleep(0.3)                         # L's scout is held longer than S's
+    assert await q.report(WORKER, [report_of(scouts[1])]) == ["ok"]
+    assert q.match.book.expected(long_) > q.match.book.expected(short)
+    nxt = await q.claim(offer(1))                 # L's next job before S's older ones
+    assert nxt[0].job.spec.task_id == long_
+    assert "(longest first)" in nxt[0].placements[-1].rule

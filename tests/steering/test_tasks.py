@@ -48,6 +48,27 @@ def test_the_book_learns_means_counts_scouts_and_forgets_the_oldest_tasks():
     assert len(book) == 2 and book.expected(SHORT) is None
 
 
+def test_a_task_not_known_yet_counts_as_long_as_its_job_held_longest():
+    book = TaskBook()
+    book.holding(LONG, b"1", 100.0)
+    book.holding(LONG, b"2", 400.0)
+    book.holding(LONG, b"1", 300.0)             # the same job again: since its first lease
+    assert book.running_for(LONG, 1000.0) == 900.0
+    book.released(LONG, b"1")
+    assert book.running_for(LONG, 1000.0) == 600.0
+    book.released(LONG, b"2")
+    assert book.running_for(LONG, 1000.0) == 0.0 and book.running_for("", 5.0) == 0.0
+    q = MatchQueue(book, scouts=0)
+    for n in range(4):
+        q.add(job(n, SHORT))
+    q.add(job(9, LONG))
+    book.finished(SHORT, 60.0)
+    book.holding(LONG, b"scout", 0.0)
+    assert q.pick(offer(max_jobs=1), {}, now=30.0)[0].task == SHORT    # held 30 s < 60
+    assert q.pick(offer(max_jobs=1), {}, now=90.0)[0].task == LONG     # held 90 s > 60
+    assert q.pick(offer(max_jobs=1), {})[0].task == SHORT              # no clock: the mean
+
+
 def test_scouts_first_then_the_longest_expected_then_the_oldest():
     book = TaskBook()
     q = MatchQueue(book, scouts=1)
