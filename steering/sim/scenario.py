@@ -2,10 +2,13 @@
 bottlenecks that hit it.
 
 The grid and its datasets are the hot-spot scenario's (``replication.sim``:
-sites of uneven size, 8-core nodes, 1 TB disks, datasets of 1-50 GB with 2
-replicas on distinct sites, nodes that die about once a month).  What
-differs:
+sites of uneven size, 1 TB disks, datasets of 1-50 GB with 2 replicas on
+distinct sites, nodes that die about once a month).  What differs:
 
+* **Nodes of three sizes**: each node has 4, 8 or 12 cores (``node_cores``,
+  drawn per node with equal chances: generations of worker nodes; 8 on
+  average, as the hot-spot grid's).  ``node_cores=(8,)`` gives an even grid,
+  on which round-robin loses little (``docs/simulator.md``).
 * **Jobs come in tasks** (bulk submissions, as PanDA's): a task has 50-1000
   jobs (log-uniform) submitted at once, reads 1-5 datasets picked by a Zipf
   law (s = 1) over a shuffled ranking, each job 1-4 files of 2 GB of one of
