@@ -174,16 +174,33 @@ class Monitor:
                         max(0, min(free_cores, cores, 64)), cores,
                         min(self.node.runner.staging, 1 << 20))
 
+    def _links_view(self, view: NodeView) -> tuple[NodeView, str]:
+        """An ok node whose CPU and disk are fine but most of whose links it read over
+        lately crawl (its site's uplink, say) is congested where its stage-ins are
+        concerned: (that view, why); else (``view``, "")."""
+        if view.state != "ok":
+            return view, ""
+        used, hot, prediction, slope = self.links.inbound(time.time(), LINK_RECENT_S)
+        if not hot or 2 * hot < used:
+            return view, ""
+        return (replace(view, state="congested", prediction=prediction, slope=slope),
+                f"{hot} of the {used} links it read over lately are congested")
+
     def release_stuck(self) -> int:
-        """Give back the stage-ins stuck behind this node's own bottleneck (rule c)."""
+        """Give back the stage-ins stuck behind this node's own bottleneck (rule c): its
+        CPU or disk, or most of the links it reads over."""
         runner = self.node.runner
-        if self.health.state == "ok" or not runner.stage_ins:
+        if not runner.stage_ins:
+            return 0
+        here, links = self._links_view(self.view(self.node.worker.free()[0]))
+        if here.state == "ok":
             return 0
         released = 0
         for job, why in stuck_stage_ins(
                 runner.stage_ins, self.node.data.fetch_progress, trio.current_time(),
-                self.view(self.node.worker.free()[0]), self.broker,
-                self.cfg.nominal_rate_mb_s * 1e6):
+                here, self.broker, self.cfg.nominal_rate_mb_s * 1e6):
+            if links:
+                why += f" ({links})"
             if runner.release(job, why):
                 released += 1
                 self.counters["jobs_released"] += 1
@@ -210,14 +227,13 @@ class Monitor:
                 jobs = min(jobs, max(1, free // 2)) if free else 0
                 why += f"; its CPU is the pressure: at most {jobs} of {free} free cores"
         elif view.state == "ok":
-            # Its CPU and disk are fine, but most links it reads over crawl (its site's
-            # uplink, say): what loads them, stage-ins, is capped as at a congested node.
-            used, hot, prediction, slope = self.links.inbound(time.time(), LINK_RECENT_S)
-            if hot and 2 * hot >= used:
-                c = claim(replace(view, state="congested", prediction=prediction,
-                                  slope=slope), self.broker)
-                why += (f"; {hot} of the {used} links it read over lately are congested: "
-                        f"at most {c.stage_ins} stage-ins, {view.staging} staging now")
+            # Its CPU and disk are fine, but most links it reads over crawl: what loads
+            # them, stage-ins, is capped as at a congested node.
+            links_view, links = self._links_view(view)
+            if links:
+                c = claim(links_view, self.broker)
+                why += (f"; {links}: at most {c.stage_ins} stage-ins, {view.staging} "
+                        f"staging now")
         return ClaimPlan(jobs, min(c.stage_ins, jobs), view.state, why)
 
     async def probe(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import trio
 
 from node.release import stuck_stage_ins
@@ -69,6 +71,27 @@ async def test_a_released_job_ends_as_released_and_is_no_failure_of_the_node(sho
         assert j.hex_id in runner.stage_ins
         mon.health = Classifier(HealthParams(), 0.0)
         assert mon.release_stuck() == 0  # ok: the wait is not this node's doing
+        node.data.fetch_progress["alice/ds"] = [trio.current_time() - 5.0, 0.0, 1e9]
+        runner.stage_ins[j.hex_id] = (trio.current_time() - 5.0, ("alice/ds",))
+        # Its CPU and disk are fine but the one link it read over lately crawls: its
+        # stage-ins are stuck behind its own bottleneck all the same.
+        now, peer = time.time(), b"\x07" * 20
+        for i, rate in enumerate([100e6] * 5 + [5e6] * 5):
+            mon.links.observe(now - 100 + 10 * i, peer, 8 << 20, (8 << 20) / rate)
+            mon.links.sample(now - 100 + 10 * i)
+        assert mon.links.state(peer) == "congested" and mon.health.state == "ok"
+        assert mon.release_stuck() == 1
+        with trio.fail_after(10):
+            while not result:  # noqa: ASYNC110 - the executor ends the job
+                await trio.sleep(0.05)
+        ok, failure, outputs = result[0]
+        assert (ok, failure.code) == (False, "released")
+        assert "1 of the 1 links it read over lately are congested" in failure.diagnosis
+        mon.links.links.clear()
+        result.clear()
+        stuck = trio.Event()
+        nursery.start_soon(run)  # the same attempt again, to be released by the CPU
+        await stuck.wait()
         for t in range(4):
             mon.health.sample(float(t), 1.5)
         assert mon.health.state == "congested"
@@ -83,5 +106,5 @@ async def test_a_released_job_ends_as_released_and_is_no_failure_of_the_node(sho
         assert (ok, failure.code, outputs) == (False, "released", [])
         assert "at a congested node" in failure.diagnosis
         assert dict(runner.outcomes) == before  # not an outcome of the classifier
-        assert mon.counters["jobs_released"] == 1 and not runner.released
+        assert mon.counters["jobs_released"] == 2 and not runner.released
         nursery.cancel_scope.cancel()
