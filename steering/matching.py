@@ -275,13 +275,21 @@ class MatchQueue:
                 for user, jobs in users.items():
                     if user in exhausted:
                         continue
-                    ok = sorted(e for e in jobs.window(self.per_task, taken)
-                                if e.excluded != offer.worker
-                                and fits(e.spec, site=offer.site, labels=offer.labels,
-                                         cores=cores, memory_mb=memory, disk_mb=disk))
-                    if user not in unknown:
-                        unknown[user] = self._unknown(ok)
-                    head = self._first(ok, offer.held, moves, scouted, unknown[user], now)
+                    if len(jobs.tasks) == 1 and "" in jobs.tasks:
+                        # No task: nothing to learn or scout, all alike: the old order.
+                        head = _oldest((e for e in jobs.tasks[""].first(SCAN_PER_USER, taken)
+                                        if e.excluded != offer.worker
+                                        and fits(e.spec, site=offer.site, labels=offer.labels,
+                                                 cores=cores, memory_mb=memory,
+                                                 disk_mb=disk)), offer.held, moves)
+                    else:
+                        ok = [e for e in jobs.window(self.per_task, taken)
+                              if e.excluded != offer.worker
+                              and fits(e.spec, site=offer.site, labels=offer.labels,
+                                       cores=cores, memory_mb=memory, disk_mb=disk)]
+                        if user not in unknown:
+                            unknown[user] = self._unknown(ok)
+                        head = self._first(ok, offer.held, moves, scouted, unknown[user], now)
                     if head is None:
                         exhausted.add(user)
                         continue
@@ -314,14 +322,14 @@ class MatchQueue:
 
     def _first(self, fitting: list[Entry], held: frozenset[str], moves: int,
                scouted: dict[str, int], unknown: float, now: float | None) -> Entry | None:
-        """A user's next job for a worker, of those that fit (oldest first) and need
+        """A user's next job for a worker, of those that fit and need
         no transfer, or may have one: a scout first; then the longest expected (a
         job of a task none of whose jobs finished counts as ``unknown``, or as long
         as its job held longest, if longer); then one whose inputs the worker holds;
         then the oldest."""
         book = self.book
         best: Entry | None = None
-        best_key: tuple[bool, float, bool] | None = None
+        best_key: tuple[bool, float, bool, int, bytes] | None = None
         for e in fitting:
             x = None if book is None else book.expected(e.task)
             if not (moves > 0 or not e.spec.inputs or (held and e.local_to(held))):
@@ -331,7 +339,21 @@ class MatchQueue:
             if x is None:
                 x = unknown if now is None or book is None else max(
                     unknown, book.running_for(e.task, now))
-            key = (not scout, -x, not (held and e.local_to(held)))
+            key = (not scout, -x, not (held and e.local_to(held)), e.submitted, e.job_id)
             if best_key is None or key < best_key:
                 best, best_key = e, key
         return best
+
+
+def _oldest(fitting: Iterable[Entry], held: frozenset[str], moves: int) -> Entry | None:
+    """A user's job for a worker among those that fit, oldest first: the first whose
+    inputs the worker holds, else the oldest that needs no transfer or may have one."""
+    if not held:
+        return next((e for e in fitting if moves > 0 or not e.spec.inputs), None)
+    oldest = None
+    for e in fitting:
+        if e.local_to(held):
+            return e
+        if oldest is None and (moves > 0 or not e.spec.inputs):
+            oldest = e
+    return oldest
