@@ -26,6 +26,7 @@ import trio
 
 from overlay import BadMessage, GridInfo, RpcError, RpcPool
 
+from .job import SignedJob
 from .matching import MAX_HELD
 from .outbox import Outbox
 from .queue import MAX_BATCH, Membership, call_member, log
@@ -84,6 +85,10 @@ class Worker:
     # The datasets (SCOPE:NAME) this node holds complete: jobs reading them are
     # preferred for it and need no transfer (None: it says nothing).
     datasets_held: Callable[[], Iterable[str]] | None = None
+    # The checked job this node already holds with exactly these signed bytes (its
+    # queue verified them when it stored the record): a leased record's job need not
+    # be verified again (None: every lease is verified).
+    known_job: Callable[[bytes], SignedJob | None] | None = None
 
     def __post_init__(self) -> None:
         self._reports = Outbox(self._send_reports, MAX_BATCH)
@@ -169,7 +174,7 @@ class Worker:
         started = 0
         for wire in answer:
             try:
-                rec = JobRecord.from_wire_untrusted(wire, self.grid)
+                rec = JobRecord.from_wire_untrusted(wire, self.grid, known=self.known_job)
             except BadMessage as exc:
                 log("worker.bad_lease", logging.WARNING, queue=q, reason=str(exc))
                 continue
