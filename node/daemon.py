@@ -137,6 +137,7 @@ class Node:
         if "queue" in self.roles:
             table.update(queue_methods(self.queue))
             self.worker.local = self._call_local
+            self.worker.known_job = self.queue.known_job
         self.rpc.methods.update(table)
         self.peers: dict[bytes, PeerRow] = {}
         # (seq, expires) of the newest record checked for each peer this run.

@@ -71,6 +71,7 @@ REAP_INTERVAL = 0.02  # seconds between looks while a job's processes die
 REAP_TIMEOUT = 10.0  # give up on processes that ignore SIGKILL (stuck in the kernel)
 
 PR_SET_CHILD_SUBREAPER = 36
+PROC_READ = 4096  # bytes per read of a procfs file (a process's stat is far shorter)
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -192,6 +193,21 @@ class _Proc:
         return self.state in "ZXx"
 
 
+def _read_proc(path: str) -> bytes:
+    """A procfs file whole, with os.read: a scan reads many of them, and a file
+    object per read costs more than the read itself.  procfs fills each read as
+    far as the file goes, so a short read is its end. Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = more = os.read(fd, PROC_READ)
+        while len(more) == PROC_READ:
+            more = os.read(fd, PROC_READ)
+            data += more
+        return data
+    finally:
+        os.close(fd)
+
+
 def _descendants(skip: frozenset[int] = frozenset()) -> list[int]:
     """This process's descendants: the children of each of its threads, recursively,
     leaving out the trees of the pids in ``skip`` (other jobs' leaders).
@@ -209,8 +225,8 @@ def _descendants(skip: frozenset[int] = frozenset()) -> list[int]:
             continue  # gone meanwhile
         for tid in tids:
             try:
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                    kids = [k for k in map(int, f.read().split()) if k not in skip]
+                kids = [k for k in map(int, _read_proc(f"/proc/{pid}/task/{tid}/children")
+                                       .split()) if k not in skip]
             except OSError:
                 continue
             out += kids
@@ -240,8 +256,7 @@ def _scan_proc(leaders: set[int], skip: frozenset[int] = frozenset()
 
 def _read_stat(pid: int) -> _Proc | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        data = _read_proc(f"/proc/{pid}/stat")
         # "pid (comm) state ppid pgrp session ..."; comm may hold anything.
         rest = data[data.rindex(b")") + 2:].split()
         return _Proc(pid, int(rest[1]), rest[0].decode(), int(rest[2]),
@@ -293,6 +308,59 @@ def _prepare(sandbox: Path) -> tuple[int, int]:
         raise
 
 
+def _start(argv: Sequence[str], out: int, err: int, cwd: Path, env: dict[str, str]
+           ) -> subprocess.Popen[bytes]:
+    """Start a job's leader in a new session (its pid is the group's and the
+    session's id). Blocks until exec succeeded or failed: run it in a thread.
+    Raises OSError (a missing command is exec's own error: see _exec_error)."""
+    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                            cwd=cwd, env=env, start_new_session=True)
+
+
+def _prepare_and_start(sandbox: Path, argv: Sequence[str], env: dict[str, str]
+                       ) -> tuple[int, int, subprocess.Popen[bytes] | OSError]:
+    """``_prepare`` then ``_start``, in one trip to a thread for a job with nothing
+    to stage in. Raises the sandbox's OSError; returns the start's."""
+    out, err = _prepare(sandbox)
+    try:
+        return out, err, _start(argv, out, err, sandbox, env)
+    except OSError as exc:
+        return out, err, exc
+    except BaseException:
+        os.close(out)
+        os.close(err)
+        raise
+
+
+class _Leader:
+    """A job's main process (started by ``_start``), waited for with the executor's
+    pidfd of it, or by polling where there is none."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    async def wait_exited(self, pidfd: int | None) -> None:
+        """Return once it has exited; not reaped where there is a pidfd."""
+        if pidfd is not None:
+            await trio.lowlevel.wait_readable(pidfd)
+        else:
+            await self.wait(None)
+
+    async def wait(self, pidfd: int | None) -> int:
+        """Wait for it to exit, reap it; its return code (-N: killed by signal N)."""
+        while (code := self.popen.poll()) is None:
+            if pidfd is not None:
+                await trio.lowlevel.wait_readable(pidfd)
+            else:
+                await trio.sleep(REAP_INTERVAL)
+        return code
+
+
 def _read_chunk(path: Path, offset: int, size: int) -> bytes | None:
     """Up to ``size`` bytes of a local file from ``offset``; None if there is no file."""
     try:
@@ -332,7 +400,7 @@ class _Job:
     # Around its stage-in: a job stopped while its inputs arrive stops waiting for them.
     stage_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     ready: bool = False  # the sandbox is fresh; logs may be read
-    process: trio.Process | None = None
+    process: _Leader | None = None
     pidfd: int | None = None
     started: float = 0.0
     error: str | None = None
@@ -496,28 +564,41 @@ class Executor:
         job.started = time.time()
         env = self._env(job)
         try:
+            # Each trip to a thread wakes one (much of a short job's cost): a job with
+            # nothing to stage in gets its sandbox and its start in a single trip.
+            # The trips are not cancellable: a process that starts is returned and
+            # supervised below (and killed there when the job was stopped meanwhile).
+            started: subprocess.Popen[bytes] | OSError | None = None
             try:
-                out, job.stderr_fd = await trio.to_thread.run_sync(_prepare, job.sandbox)
+                if stage_in is None:
+                    out, err, started = await trio.to_thread.run_sync(
+                        _prepare_and_start, job.sandbox, spec.argv, env)
+                else:
+                    out, err = await trio.to_thread.run_sync(_prepare, job.sandbox)
+                job.stderr_fd = err
             except OSError as exc:
                 return self._ended(job, "sandbox_failed", f"cannot create sandbox "
                                    f"{job.sandbox}: {exc.strerror or exc}", None, None)
             job.ready = True
             try:
-                if stage_in is not None and job.error is None:
+                if started is None:
+                    if stage_in is not None and job.error is None:
+                        try:
+                            with job.stage_scope:
+                                await stage_in(job.sandbox)
+                        except StageInError as exc:
+                            return self._ended(job, "stage_in_failed", str(exc), None, None)
+                    if job.error is not None:
+                        return self._ended(job, job.error, f"cancelled before it started: "
+                                           f"{job.reason}", None, None)
                     try:
-                        with job.stage_scope:
-                            await stage_in(job.sandbox)
-                    except StageInError as exc:
-                        return self._ended(job, "stage_in_failed", str(exc), None, None)
-                if job.error is not None:
-                    return self._ended(job, job.error,
-                                       f"cancelled before it started: {job.reason}", None, None)
-                # Popen runs in a thread that a cancellation waits for: if the
-                # process starts, it is returned and supervised below.  A missing
-                # command is exec's own error (see _exec_error).
-                job.process = await trio.lowlevel.open_process(
-                    list(spec.argv), stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=job.stderr_fd, cwd=job.sandbox, env=env, start_new_session=True)
+                        started = await trio.to_thread.run_sync(
+                            _start, spec.argv, out, err, job.sandbox, env)
+                    except OSError as exc:
+                        started = exc
+                if isinstance(started, OSError):
+                    raise started
+                job.process = _Leader(started)
             except OSError as exc:
                 return self._ended(job, *self._exec_error(job, exc), None, None)
             finally:
@@ -575,10 +656,7 @@ class Executor:
 
     async def _wait_leader(self, job: _Job) -> None:
         assert job.process is not None
-        if job.pidfd is not None:
-            await trio.lowlevel.wait_readable(job.pidfd)  # exited, not reaped yet
-        else:
-            await job.process.wait()
+        await job.process.wait_exited(job.pidfd)  # not reaped yet where there is a pidfd
 
     def _members(self, job: _Job, *, fresh: bool) -> list[_Proc]:
         assert job.process is not None
@@ -677,7 +755,7 @@ class Executor:
             self._signal(job, signal.SIGKILL, members)
         with trio.move_on_after(REAP_TIMEOUT) as timeout:
             await self._wait_gone(job, leader_too=False, members=None if alive else members)
-            returncode: int | None = await job.process.wait()
+            returncode: int | None = await job.process.wait(job.pidfd)
         if timeout.cancelled_caught:
             left = [p.pid for p in self._members(job, fresh=True) if not p.dead]
             log(logger, "job.unkillable", logging.ERROR, job=spec.job_id, attempt=spec.attempt,

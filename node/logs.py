@@ -7,6 +7,7 @@ among them: ``log(logger, "peer.added", node=..., reason=...)``.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections import deque
@@ -18,17 +19,28 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
           "error": logging.ERROR}
 
 
+_NEEDS_QUOTES = re.compile(r'[ ="\n\t]')
+
+
 def _quote(v: Any) -> str:
     if isinstance(v, bytes):
         v = v.hex()
     s = str(v)
-    if not s or any(c in s for c in ' ="\n\t'):
+    if not s or _NEEDS_QUOTES.search(s):
         s = '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     return s
 
 
 class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        # The node's handlers (stderr, the recent lines) each format every record:
+        # the line is made once and kept on the record.
+        line = record.__dict__.get("_logfmt")
+        if line is None:
+            line = record.__dict__["_logfmt"] = self._format(record)
+        return line
+
+    def _format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         parts = [f"ts={ts}.{int(record.msecs):03d}Z", f"level={record.levelname.lower()}",
                  f"logger={record.name}"]
@@ -75,7 +87,7 @@ def setup_logging(level: str) -> None:
     # kademlia and rpcudp narrate every RPC at INFO and every timeout at
     # WARNING; that is detail for debugging, not for an admin's log.
     quiet = logging.DEBUG if level == "debug" else logging.CRITICAL
-    for name in ("kademlia", "rpcudp", "asyncio", "trio_asyncio", "aiosqlite"):
+    for name in ("kademlia", "rpcudp", "asyncio", "trio_asyncio"):
         logging.getLogger(name).setLevel(quiet)
 
 

@@ -1,8 +1,10 @@
-"""The node's local state: one SQLite file (WAL), reached through aiosqlite.
+"""The node's local state: one SQLite file (WAL), one connection.
 
 All access goes through :class:`State`, so transactions and batching live in
-one place.  aiosqlite is asyncio; like the DHT adapter, this module must be
-used inside ``trio_asyncio.open_loop()`` and offers plain trio awaits.
+one place.  Each call (a whole transaction, or a query) runs in a worker
+thread, one at a time, and the event loop awaits it: one thread woken per
+call, nothing else in between (the asyncio bridge that aiosqlite needs cost
+more than the commit itself).
 
 Schema versions are ``PRAGMA user_version``; :data:`MIGRATIONS` is applied
 in order, each in its own transaction, so a crash mid-migration leaves the
@@ -19,10 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import msgpack
 import trio
-import trio_asyncio
 
 MIGRATIONS: list[str] = [
     # 1: peers and a small key-value table for node-wide facts.
@@ -118,7 +118,7 @@ def _pack(x: Any) -> bytes:
     return msgpack.packb(x, use_bin_type=True)
 
 
-def _peer_from_row(row: sqlite3.Row) -> PeerRow:
+def _peer_from_row(row: tuple[Any, ...]) -> PeerRow:
     return PeerRow(row[0], row[1], tuple(msgpack.unpackb(row[2])),
                    tuple(msgpack.unpackb(row[3])), row[4], row[5])
 
@@ -141,15 +141,31 @@ _UPSERT_SLOTS = ("INSERT INTO job_slots (job_id, promised, ballot, state, record
                  "state = excluded.state, record = excluded.record")
 
 
+def _transaction(db: sqlite3.Connection, body: Callable[[], None]) -> None:
+    """Run ``body`` in one write transaction (rolled back if it raises)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        body()
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.rollback()
+        raise
+
+
 class State:
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self._db = db
         self.path = path
         self._write_lock = trio.Lock()
+        # One call on the connection at a time (it may run in any worker thread).
+        self._calls = trio.CapacityLimiter(1)
         self._slots = _Batch([], trio.Event())
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await trio_asyncio.aio_as_trio(fn)(*args)
+        """``fn(*args)`` in a worker thread. Not cancellable: a transaction that began
+        ends (commits or rolls back) before its caller hears of a cancellation."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._calls)
 
     async def _write(self, statements: list[tuple[str, Iterable[Any]]]) -> None:
         """Run write statements in one transaction.
@@ -157,27 +173,21 @@ class State:
         Each statement's parameters are one tuple (run once) or a list of
         tuples (run for each, with ``executemany``).
         """
+        db = self._db
 
-        async def go() -> None:
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-                for sql, params in statements:
-                    if isinstance(params, list) and params and isinstance(params[0], tuple):
-                        await self._db.executemany(sql, params)
-                    else:
-                        await self._db.execute(sql, tuple(params))
-                await self._db.commit()
-            except BaseException:
-                await self._db.rollback()
-                raise
+        def body() -> None:
+            for sql, params in statements:
+                if isinstance(params, list) and params and isinstance(params[0], tuple):
+                    db.executemany(sql, params)
+                else:
+                    db.execute(sql, tuple(params))
 
         async with self._write_lock:  # one transaction at a time on this connection
-            await self._run(go)
+            await self._run(_transaction, db, body)
 
     async def _fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        async def go() -> list[Any]:
-            async with self._db.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+        def go() -> list[Any]:
+            return self._db.execute(sql, params).fetchall()
 
         return await self._run(go)
 
@@ -193,12 +203,12 @@ class State:
             script = (f"BEGIN IMMEDIATE;\n{MIGRATIONS[number - 1]};\n"
                       f"PRAGMA user_version = {number};\nCOMMIT;")
 
-            async def go(script: str = script) -> None:
+            def go(script: str = script) -> None:
                 try:
-                    await self._db.executescript(script)
+                    self._db.executescript(script)
                 except BaseException:
                     if self._db.in_transaction:
-                        await self._db.rollback()
+                        self._db.rollback()
                     raise
 
             await self._run(go)
@@ -261,26 +271,20 @@ class State:
 
     def _slot_tx(self, rows: list[tuple[Any, ...]]) -> Callable[[], Any]:
         """Store the rows in one transaction. Up to SLOTS_PER_STATEMENT rows go in one
-        multi-row upsert: one statement is its own transaction, so the common
-        commit costs one call to the database thread instead of three (BEGIN,
-        the rows, COMMIT); more rows take an explicit transaction."""
+        multi-row upsert (one statement is its own transaction); more rows take an
+        explicit transaction."""
+        db = self._db
         if len(rows) <= SLOTS_PER_STATEMENT:
             sql = _UPSERT_SLOTS.format(", ".join(["(?, ?, ?, ?, ?)"] * len(rows)))
             params = [x for row in rows for x in row]
 
-            async def one() -> None:
-                await self._db.execute(sql, params)
+            def one() -> None:
+                db.execute(sql, params)
             return one
 
-        async def go() -> None:
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-                await self._db.executemany(_UPSERT_SLOTS.format("(?, ?, ?, ?, ?)"), rows)
-                await self._db.commit()
-            except BaseException:
-                await self._db.rollback()
-                raise
-        return go
+        def body() -> None:
+            db.executemany(_UPSERT_SLOTS.format("(?, ?, ?, ?, ?)"), rows)
+        return lambda: _transaction(db, body)
 
     # -- datasets ------------------------------------------------------------
 
@@ -364,25 +368,25 @@ class State:
 async def open_state(path: Path) -> AsyncIterator[State]:
     """Open (creating and migrating as needed) the state file at ``path``."""
 
-    async def connect() -> aiosqlite.Connection:
-        db = await aiosqlite.connect(path, isolation_level=None)
+    def connect() -> sqlite3.Connection:
+        # Used from worker threads, one call at a time (State._run).
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             # Refuse a newer file before any pragma that writes (journal_mode
             # rewrites the header): a refused file is left exactly as it was.
-            async with db.execute("PRAGMA user_version") as cur:
-                row = await cur.fetchone()
-                _refuse_newer(path, row[0] if row else 0)
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = FULL")
-            await db.execute("PRAGMA foreign_keys = ON")
-            await db.execute("PRAGMA busy_timeout = 5000")
+            row = db.execute("PRAGMA user_version").fetchone()
+            _refuse_newer(path, row[0] if row else 0)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("PRAGMA busy_timeout = 5000")
         except BaseException:
-            await db.close()
+            db.close()
             raise
         return db
 
     try:
-        db = await trio_asyncio.aio_as_trio(connect)()
+        db = await trio.to_thread.run_sync(connect)
     except sqlite3.DatabaseError as exc:
         raise StateError(f"cannot open state file {path}: {exc}") from None
     state = State(db, path)
@@ -395,4 +399,4 @@ async def open_state(path: Path) -> AsyncIterator[State]:
     finally:
         # Close even when shutting down on a signal: the last commit must land.
         with trio.CancelScope(shield=True):
-            await trio_asyncio.aio_as_trio(db.close)()
+            await state._run(db.close)

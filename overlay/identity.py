@@ -11,6 +11,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import nacl.signing
@@ -35,11 +36,12 @@ class KeyPair:
     def generate(cls) -> KeyPair:
         return cls(nacl.signing.SigningKey.generate())
 
-    @property
+    # Worked out once: the queue asks for its node's id for every job it looks at.
+    @cached_property
     def public_key(self) -> bytes:
         return bytes(self.signing_key.verify_key)
 
-    @property
+    @cached_property
     def id(self) -> bytes:
         return node_id_of(self.public_key)
 

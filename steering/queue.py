@@ -431,8 +431,13 @@ class QueueNode:
 
     async def claim(self, offer: Offer) -> list[JobRecord]:
         """Lease jobs that fit ``offer`` to its worker, each with a placement note."""
-        picked = self.match.pick(offer, dict(self.running), time.time())
+        return (await self.report_and_claim(offer.worker, [], offer))[1]
+
+    def _grants(self, offer: Offer) -> list[JobRecord]:
+        """The leases a claim hands out (taken out of the matcher: not handed out twice
+        while their write is on its way); written by the caller."""
         now = time.time()
+        picked = self.match.pick(offer, dict(self.running), now)
         # record, priority, its user's running jobs, inputs on the worker
         chosen: list[tuple[JobRecord, int, int, bool]] = []
         counts = dict(self.running)  # fair share as the matcher counted it, pick by pick
@@ -440,7 +445,7 @@ class QueueNode:
             rec = self.slots[e.job_id].record
             user_running = counts.get(e.user, 0)
             counts[e.user] = user_running + 1
-            self.match.remove(e.job_id)  # not handed out twice while the write is on its way
+            self.match.remove(e.job_id)
             if rec is not None and rec.state == "activated" and e.job_id in self.leading:
                 chosen.append((rec, e.priority, user_running, e.local_to(offer.held)))
         grants = []
@@ -456,7 +461,10 @@ class QueueNode:
                 grants.append(grant(rec, offer.worker, epoch=self.leading[rec.job_id], now=now,
                                     duration=self.config.lease_duration,
                                     placements=placed(rec.placements, note)))
-        oks = await self._commit(grants, "lease")
+        return grants
+
+    def _granted(self, grants: list[JobRecord], oks: list[bool]) -> list[JobRecord]:
+        """The leases a majority stored; the others go back where they were."""
         leased = [r for r, ok in zip(grants, oks, strict=True) if ok]
         for r, ok in zip(grants, oks, strict=True):
             current = self.slots[r.job_id].record
@@ -532,6 +540,28 @@ class QueueNode:
 
         Per report: "ok" (recorded, or recorded before), "stale" (the lease is
         not the worker's any more), "not_primary", or "retry" (no majority yet)."""
+        return (await self.report_and_claim(worker, reports, None))[0]
+
+    async def report_and_claim(self, worker: bytes, reports: list[Report], offer: Offer | None
+                               ) -> tuple[list[str], list[JobRecord]]:
+        """``report`` and then ``claim`` for the slots the reported jobs freed, with the
+        results and the leases in one write to the home sets (one accept message and
+        one commit per member instead of two).  Each record still counts only once a
+        majority of its own home set stored it: a report is "ok" and a lease handed
+        out exactly as when they are written on their own."""
+        out, news = self._report_changes(worker, reports)
+        # A job reported here is not activated (its state changes only once written),
+        # so no record is both a result and a lease of this write.
+        grants = self._grants(offer) if offer is not None else []
+        changes = [new for _, new in news] + grants
+        oks = await self._commit(changes, "report" if not grants else
+                                 "lease" if not news else "report or lease") if changes else []
+        self._reported(worker, out, news, oks[:len(news)])
+        return out, self._granted(grants, oks[len(news):])
+
+    def _report_changes(self, worker: bytes, reports: list[Report]
+                        ) -> tuple[list[str], list[tuple[int, JobRecord]]]:
+        """The verdicts so far and the new records (with their place among the verdicts)."""
         out: list[str] = []
         news: list[tuple[int, JobRecord]] = []
         now = time.time()
@@ -559,24 +589,26 @@ class QueueNode:
                 continue
             news.append((len(out), new))
             out.append("retry")
-        if news:
-            oks = await self._commit([new for _, new in news], "report")
-            for (i, new), done in zip(news, oks, strict=True):
-                if done and not new.final:
-                    out[i] = "ok"
-                    self.counters["jobs_released" if released_by(new) else "jobs_requeued"] += 1
-                    log("job.requeued", job=new.job_id, attempt=new.attempt, worker=worker,
-                        reason=new.history[-1].reason)
-                elif done:
-                    out[i] = "ok"
-                    self.counters["jobs_finished" if new.state == "finished"
-                                  else "jobs_failed"] += 1
-                    took = held_for(new.history)
-                    if took is not None and self.match.book is not None:
-                        self.match.book.finished(new.job.spec.task_id, took)
-                    log("job.final", job=new.job_id, state=new.state, worker=worker,
-                        reason=new.history[-1].reason)
-        return out
+        return out, news
+
+    def _reported(self, worker: bytes, out: list[str], news: list[tuple[int, JobRecord]],
+                  oks: list[bool]) -> None:
+        """Verdicts and counters for the new records a majority stored."""
+        for (i, new), done in zip(news, oks, strict=True):
+            if done and not new.final:
+                out[i] = "ok"
+                self.counters["jobs_released" if released_by(new) else "jobs_requeued"] += 1
+                log("job.requeued", job=new.job_id, attempt=new.attempt, worker=worker,
+                    reason=new.history[-1].reason)
+            elif done:
+                out[i] = "ok"
+                self.counters["jobs_finished" if new.state == "finished"
+                              else "jobs_failed"] += 1
+                took = held_for(new.history)
+                if took is not None and self.match.book is not None:
+                    self.match.book.finished(new.job.spec.task_id, took)
+                log("job.final", job=new.job_id, state=new.state, worker=worker,
+                    reason=new.history[-1].reason)
 
     async def cancel(self, job_id: bytes, who: str) -> str:
         slot = self.slots.get(job_id)

@@ -94,7 +94,9 @@ async def _heartbeat(q: QueueNode, ctx: CallContext, args: Any) -> dict[bytes, A
     return q.heartbeat(ctx.peer_id, leases)
 
 
-async def _report(q: QueueNode, ctx: CallContext, args: Any) -> list[str]:
+async def _report(q: QueueNode, ctx: CallContext, args: Any) -> Any:
+    """Reports; with an ``offer`` (the slots they free) also a claim, written together:
+    then the answer is {verdicts, leased} instead of the verdicts alone."""
     reports = []
     for e in _entries(args):
         if not (isinstance(e, list) and len(e) in (5, 6) and _is_id(e[0]) and _uint(e[1])
@@ -107,7 +109,11 @@ async def _report(q: QueueNode, ctx: CallContext, args: Any) -> list[str]:
                 and all(isinstance(o, list) for o in outputs)):
             raise bad_request(f"outputs are at most {MAX_OUTPUTS} file manifests")
         reports.append(Report(e[0], e[1], e[2], e[3], failure, tuple(outputs)))
-    return await q.report(ctx.peer_id, reports)
+    if args.get("offer") is None:
+        return await q.report(ctx.peer_id, reports)
+    verdicts, leased = await q.report_and_claim(ctx.peer_id, reports,
+                                                _offer(ctx.peer_id, args["offer"]))
+    return {"verdicts": verdicts, "leased": [r.to_wire() for r in leased]}
 
 
 async def _cancel(q: QueueNode, ctx: CallContext, args: Any) -> str:

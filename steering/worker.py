@@ -9,15 +9,21 @@ result to the job's primary — or, when that primary is gone, to the home
 member that took over.  Reports bound for one queue node while a message
 to it is on its way go together in the next one (group commit, as the
 state file does), so a busy worker sends one report message per round
-trip, not one per job.  A heartbeat answer ``stale`` or ``cancelled``
-kills the job's processes.
+trip, not one per job.  A report message also offers what is free then
+(the slots of the jobs it reports, mostly): the primary writes the results
+and the leases of the next jobs together and answers both, so a finished
+job and its successor cost one message and one write to the home sets.
+Every claim's offer, alone or with reports, is held back from other claims
+until its answer is in: no two claims offer the same slots.  A heartbeat
+answer ``stale`` or ``cancelled`` kills the job's processes.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -26,6 +32,7 @@ import trio
 
 from overlay import BadMessage, GridInfo, RpcError, RpcPool
 
+from .job import SignedJob
 from .matching import MAX_HELD
 from .outbox import Outbox
 from .queue import MAX_BATCH, Membership, call_member, log
@@ -84,6 +91,14 @@ class Worker:
     # The datasets (SCOPE:NAME) this node holds complete: jobs reading them are
     # preferred for it and need no transfer (None: it says nothing).
     datasets_held: Callable[[], Iterable[str]] | None = None
+    # The checked job this node already holds with exactly these signed bytes (its
+    # queue verified them when it stored the record): a leased record's job need not
+    # be verified again (None: every lease is verified).
+    known_job: Callable[[bytes], SignedJob | None] | None = None
+    # What the claims on their way (alone or with reports) offer: cores, memory MB,
+    # disk MB not offered again meanwhile.
+    _offered: tuple[int, ...] = (0, 0, 0)
+    _nursery: trio.Nursery | None = None
 
     def __post_init__(self) -> None:
         self._reports = Outbox(self._send_reports, MAX_BATCH)
@@ -96,7 +111,11 @@ class Worker:
                 continue
             spec = h.record.job.spec
             cores, memory, disk = cores - spec.cores, memory - spec.memory_mb, disk - spec.disk_mb
-        return cores, memory, disk
+        c, m, d = self._offered
+        return cores - c, memory - m, disk - d
+
+    def _holds_datasets(self) -> bool:
+        return self.datasets_held is not None and any(True for _ in self.datasets_held())
 
     def wake(self) -> None:
         """Slots may have freed up: look for work now."""
@@ -112,6 +131,7 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._heartbeats)
             task_status.started()
             idle = 0.05
@@ -140,36 +160,66 @@ class Worker:
                 cores, memory, disk = self.free()
                 if cores < 1:
                     return started
-                plan = (ClaimPlan(min(cores, 64), min(cores, 64)) if self.claim_plan is None
-                        else self.claim_plan(cores))
-                limit = min(plan.jobs, 64)
-                if limit < 1:
+                offer = self._offer(local_only, held)
+                if offer is None:
                     return started
-                offer: dict[str, Any] = {
-                    "site": self.site, "cores": cores, "memory_mb": memory, "disk_mb": disk,
-                    "labels": sorted(self.labels), "max_jobs": limit,
-                    "max_stage_ins": 0 if local_only else max(0, min(plan.stage_ins, limit))}
-                if plan.state:
-                    offer.update(state=plan.state, why=plan.why[:200])
-                if held:
-                    offer["held"] = held
                 started += await self._claim(q, offer, nursery)
         return started
+
+    def _offer(self, local_only: bool, held: list[str]) -> dict[str, Any] | None:
+        """A claim's offer for what is free now (None: nothing to claim)."""
+        cores, memory, disk = self.free()
+        if cores < 1:
+            return None
+        plan = (ClaimPlan(min(cores, 64), min(cores, 64)) if self.claim_plan is None
+                else self.claim_plan(cores))
+        limit = min(plan.jobs, 64)
+        if limit < 1:
+            return None
+        offer: dict[str, Any] = {
+            "site": self.site, "cores": cores, "memory_mb": memory, "disk_mb": disk,
+            "labels": sorted(self.labels), "max_jobs": limit,
+            "max_stage_ins": 0 if local_only else max(0, min(plan.stage_ins, limit))}
+        if plan.state:
+            offer.update(state=plan.state, why=plan.why[:200])
+        if held:
+            offer["held"] = held
+        return offer
 
     async def _claim(self, q: bytes, offer: dict[str, Any], nursery: trio.Nursery) -> int:
         """One claim from queue node ``q``; the jobs leased are started."""
         try:
-            answer = await self._call(q, "queue.claim", offer)
+            with self._reserving(offer):
+                answer = await self._call(q, "queue.claim", offer)
         except RpcError as exc:
             log("worker.claim_failed", logging.DEBUG, queue=q, reason=str(exc))
             return 0
         self.counters["claims"] += 1
+        return self._take(q, answer, nursery)
+
+    @contextmanager
+    def _reserving(self, offer: dict[str, Any] | None) -> Iterator[None]:
+        """What ``offer`` offers is not free for another claim while it is on its way
+        (claims and reports that carry offers go at the same time); the jobs it
+        leases hold it from then on."""
+        if offer is None:
+            yield
+            return
+        claim = (offer["cores"], offer["memory_mb"], offer["disk_mb"])
+        self._offered = tuple(a + b for a, b in zip(self._offered, claim, strict=True))
+        try:
+            yield
+        finally:
+            self._offered = tuple(a - b for a, b in zip(self._offered, claim, strict=True))
+
+    def _take(self, q: bytes, answer: Any, nursery: trio.Nursery) -> int:
+        """Start the jobs queue node ``q`` leased to us (records in wire form)."""
         if not isinstance(answer, list):
             return 0
         started = 0
         for wire in answer:
             try:
-                rec = JobRecord.from_wire_untrusted(wire, self.grid)
+                rec = JobRecord.from_wire_untrusted(wire, self.grid, known=self.known_job)
             except BadMessage as exc:
                 log("worker.bad_lease", logging.WARNING, queue=q, reason=str(exc))
                 continue
@@ -193,9 +243,12 @@ class Worker:
                                  "its lease will expire and it is requeued", job_id.hex())
                 return
             held.ended = True
-            self.wake()  # its slots are free: claim the next job while this one reports
-            if not held.done:  # not taken away from us meanwhile
-                await self._report(held, ok, failure, outputs)
+            if held.done:  # taken away from us meanwhile: nothing to report
+                return
+            if self._holds_datasets():
+                # Its claims go locality first (pull's two passes), not with the report.
+                self.wake()  # its slots are free: claim the next job while this one reports
+            await self._report(held, ok, failure, outputs)
         finally:
             self.held.pop(job_id, None)
             self.wake()
@@ -238,11 +291,26 @@ class Worker:
         return answer if isinstance(answer, str) else None
 
     async def _send_reports(self, target: bytes, entries: list[Any]) -> list[Any] | None:
+        """One report message; it offers what is free (the slots of the jobs reported,
+        and any others) to ``target`` as a claim, whose leases come with the answer:
+        one message and one write to the home sets for a result and the next lease."""
+        args: dict[str, Any] = {"entries": entries}
+        offer = None
+        if self._nursery is not None and not self._holds_datasets():
+            offer = self._offer(False, [])
+        if offer is not None:
+            args["offer"] = offer
         try:
-            answer = await self._call(target, "queue.report", {"entries": entries})
+            with self._reserving(offer):
+                answer = await self._call(target, "queue.report", args)
         except RpcError as exc:
             log("worker.report_failed", logging.DEBUG, queue=target, reason=str(exc))
             return None
+        if offer is not None:
+            self.counters["claims"] += 1
+        if isinstance(answer, dict) and self._nursery is not None:  # with leases
+            self._take(target, answer.get("leased"), self._nursery)
+            answer = answer.get("verdicts")
         return answer if isinstance(answer, list) else None
 
     # -- heartbeats -----------------------------------------------------------

@@ -115,3 +115,35 @@ async def test_a_primary_scouts_each_task_then_hands_out_its_longest_task_first(
     nxt = await q.claim(offer(1))                 # L's next job before S's older ones
     assert nxt[0].job.spec.task_id == long_
     assert "(longest first)" in nxt[0].placements[-1].rule
+
+
+async def test_a_report_with_an_offer_writes_the_result_and_the_next_lease_together():
+    q = solo_queue(GRID, ME)
+    jobs = [job(i) for i in range(3)]
+    assert set((await q.create(jobs, {j.job_id: (ME,) for j in jobs})).values()) == {"ok"}
+    [first] = await q.claim(Offer(WORKER, "site", cores=1, memory_mb=1 << 20,
+                                  disk_mb=1 << 30, max_jobs=1))
+    commits = []
+    save = q.store.save_slots
+
+    async def counting(slots):
+        slots = list(slots)
+        commits.append(sorted(j for j, _ in slots))
+        await save(slots)
+
+    q.store.save_slots = counting
+    offer = Offer(WORKER, "site", cores=1, memory_mb=1 << 20, disk_mb=1 << 30, max_jobs=1)
+    verdicts, leased = await q.report_and_claim(WORKER, [report_of(first)], offer)
+    assert verdicts == ["ok"] and len(leased) == 1
+    [nxt] = leased
+    assert nxt.job_id != first.job_id and nxt.lease.worker == WORKER
+    assert q.slots[first.job_id].record.state == "finished"
+    assert q.slots[nxt.job_id].record.state == "running"
+    assert commits == [sorted([first.job_id, nxt.job_id])]  # one write for both
+    assert (q.counters["jobs_finished"], q.counters["jobs_leased"]) == (1, 2)
+    # A stale report still gets its verdict; the offer is served all the same.
+    verdicts, leased = await q.report_and_claim(WORKER, [report_of(first, epoch=99)], offer)
+    assert verdicts == ["ok"]  # already recorded: a retry
+    assert len(leased) == 1 and leased[0].job_id not in (first.job_id, nxt.job_id)
+    verdicts, leased = await q.report_and_claim(OTHER, [report_of(nxt)], offer)
+    assert verdicts == ["stale"] and leased == []  # nothing left to lease
