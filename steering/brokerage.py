@@ -98,7 +98,7 @@ class BrokerParams:
     probe_every: float = 300.0      # s between a failing node's probes
     release_after: float = 600.0    # s of stage-in or queue wait before a release is weighed
     release_gain: float = 2.0       # release when what is left there > this x elsewhere
-    window: int = 512               # queued jobs a claim looks at, at most
+    window: int = 4096              # queued jobs a claim looks at, at most
     per_task: int = 8               # ... the first this many of each task (0: of the queue)
     age_credit: float = 0.1         # s of predicted finish forgiven per s waited
     lpt_weight: float = 3.0         # s of predicted finish forgiven per s of expected compute
