@@ -84,7 +84,12 @@ class TaskBook:
         if task:
             held = self._held.setdefault(task, {})
             if job_id not in held:
-                held[job_id] = since
+                if held and since < next(iter(held.values())):
+                    # Held longer than the first one (a record loaded late): first now,
+                    # so running_for reads the first entry only.
+                    self._held[task] = held = {job_id: since, **held}
+                else:
+                    held[job_id] = since
                 if len(self._held) > self.max_tasks:
                     del self._held[next(iter(self._held))]
 
@@ -97,9 +102,12 @@ class TaskBook:
                 del self._held[task]
 
     def running_for(self, task: str, now: float) -> float:
-        """How long the job of ``task`` held longest has been held (0: none held)."""
+        """How long the job of ``task`` held longest has been held (0: none held): the
+        first of its held jobs, as leases come in time order (one that came out of
+        order and is older than the first is put first; one released leaves the next
+        first, which may be a little younger than the oldest left)."""
         held = self._held.get(task)
-        return max(0.0, now - min(held.values())) if held else 0.0
+        return max(0.0, now - next(iter(held.values()))) if held else 0.0
 
     def expected(self, task: str) -> float | None:
         """The mean seconds of the task's finished jobs; None if none finished."""

@@ -54,6 +54,9 @@ def test_a_task_not_known_yet_counts_as_long_as_its_job_held_longest():
     book.holding(LONG, b"2", 400.0)
     book.holding(LONG, b"1", 300.0)             # the same job again: since its first lease
     assert book.running_for(LONG, 1000.0) == 900.0
+    book.holding(LONG, b"3", 50.0)              # older than the first (loaded late)
+    assert book.running_for(LONG, 1000.0) == 950.0
+    book.released(LONG, b"3")
     book.released(LONG, b"1")
     assert book.running_for(LONG, 1000.0) == 600.0
     book.released(LONG, b"2")
